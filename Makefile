@@ -1,0 +1,30 @@
+# make demo: set up .venv and build the sample model for every target into dist/.
+# make test: set up .venv and run the whole test suite (CI runs this).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgepack-installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip check
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/edgepack build sample_models/digits/edgepack.yaml --target all --precision all --out dist
+
+# pytest exits 5 when it collected no tests: that is a failure here too.
+test: setup
+	@$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf dist .pytest_cache

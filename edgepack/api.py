@@ -1,0 +1,426 @@
+"""What the CLI and users' Python call: build(), validate(), bench(), inspect().
+
+The flow runs one way: load source -> sample inputs -> reference outputs (source
+framework) -> per (target, precision): backend passes -> artifact -> host runner
+-> compare -> atomic bundle. One failing bundle never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack import bundle as bd
+from edgepack import manifest as mf
+from edgepack.backends import get_backend
+from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.compare import ValidationResult, check_tolerance_keys, compare, deferred
+from edgepack.compare import golden_tolerances as subset_tolerances
+from edgepack.config import BuildConfig
+from edgepack.data import SampleSet, load_npz, seeded_inputs
+from edgepack.errors import ConversionError, EdgepackError, InputError, UsageError
+from edgepack.profiles import PRECISIONS, Profile, resolve_targets
+from edgepack.runners.base import Arrays, run_samples
+from edgepack.signature import Signature
+from edgepack.sources import load_source
+from edgepack.sources.base import SourceModel
+
+Progress = Callable[[str], None]
+SUMMARY = "summary.json"
+
+
+@dataclass
+class BundleResult:
+    name: str
+    target: str
+    precision: str
+    status: str  # passed | failed | deferred
+    reason: str | None = None
+    path: Path | None = None
+    bytes: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    conversion_failed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "target": self.target, "precision": self.precision,
+            "status": self.status, "reason": self.reason,
+            "path": self.path.name if self.path else None, "bytes": self.bytes,
+            "metrics": self.metrics, "failures": self.failures,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class BuildSummary:
+    model: str
+    bundles: list[BundleResult]
+    out: Path
+
+    @property
+    def exit_code(self) -> int:
+        if any(b.conversion_failed for b in self.bundles):
+            return ConversionError.exit_code
+        if any(b.status == "failed" for b in self.bundles):
+            return 1
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": 1, "model": self.model, "exit_code": self.exit_code,
+                "bundles": [b.to_dict() for b in self.bundles]}
+
+
+def _plan(cfg: BuildConfig, profiles: list[Profile]) -> list[tuple[Profile, str]]:
+    plan = []
+    for profile in profiles:
+        wanted = cfg.precisions or [profile.default_precision]
+        if "all" in wanted:
+            wanted = list(profile.precisions)
+        for precision in wanted:
+            if precision not in PRECISIONS:
+                raise UsageError(f"unknown precision {precision!r}; use one of "
+                                 f"{', '.join(PRECISIONS)} or all")
+            if precision not in profile.precisions:
+                raise UsageError(f"target {profile.name} does not support {precision}; it "
+                                 f"supports {', '.join(profile.precisions)}")
+            plan.append((profile, precision))
+    return plan
+
+
+def _tolerances(cfg: BuildConfig, profile: Profile, precision: str) -> dict[str, float]:
+    return {**profile.tolerances_for(precision), **cfg.tolerances}
+
+
+def _eval_set(cfg: BuildConfig, sig: Signature) -> SampleSet:
+    if cfg.eval is not None:
+        return load_npz(cfg.eval, sig, "evaluation")
+    return seeded_inputs(sig, cfg.samples, cfg.seed)
+
+
+def _calib_set(cfg: BuildConfig, sig: Signature, needed: bool) -> SampleSet | None:
+    if cfg.calib is not None:
+        return load_npz(cfg.calib, sig, "calibration")
+    if not needed:
+        return None
+    if not cfg.allow_random_calibration:
+        raise UsageError(
+            "static int8 needs real calibration data: --calib data.npz (keyed by input name); "
+            "random calibration gives misleading int8 accuracy, pass "
+            "--allow-random-calibration to accept that"
+        )
+    return seeded_inputs(sig, max(cfg.samples, 64), cfg.seed + 1)
+
+
+def _golden(cfg: BuildConfig, evals: SampleSet, reference: Arrays, batch: int
+            ) -> tuple[Arrays, Arrays]:
+    k = min(cfg.golden_samples, evals.count)
+    k = max(batch, k - k % batch)
+    return ({n: v[:k] for n, v in evals.inputs.items()},
+            {n: v[:k] for n, v in reference.items()})
+
+
+def _readme(name: str, profile: Profile, precision: str, result: ValidationResult) -> str:
+    req = " ".join(profile.runtime.get("requirements", [profile.runtime["name"], "numpy"]))
+    return f"""# {name}
+
+Target `{profile.name}` ({profile.runtime['name']}), precision `{precision}`.
+Host validation: **{result.status}**{f' ({result.reason})' if result.reason else ''}.
+
+On the device, from inside this folder:
+
+```
+python -m pip install {req}
+python bench.py                    # golden check + latency; exit 0 passed, 1 failed, 2 no runtime
+python bench.py --runs 500 --threads 4 --json result.json
+```
+
+`manifest.json` lists every file with its sha256, the signature, the
+quantization and the validation results; `reference/` holds the golden inputs
+and the source model's outputs for them.
+"""
+
+
+def _write_bundle(
+    out: Path, name: str, source: SourceModel, profile: Profile, precision: str,
+    backend: Any, artifact: Artifact, result: ValidationResult,
+    golden: tuple[Arrays, Arrays], cfg: BuildConfig, data_origin: str,
+) -> Path:
+    stage = bd.staging(out, name)
+    try:
+        for rel in artifact.files:
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src = artifact.folder / rel
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copyfile(src, dst)
+        bd.save_npz(stage / "reference" / "inputs.npz", golden[0])
+        bd.save_npz(stage / "reference" / "outputs.npz", golden[1])
+        bd.copy_harness(stage, backend.harness)
+        requirements = profile.runtime.get("requirements", [profile.runtime["name"], "numpy"])
+        (stage / "requirements.txt").write_text("\n".join(requirements) + "\n")
+        (stage / "README.md").write_text(_readme(name, profile, precision, result))
+        entries = [bd.file_entry(stage, rel, "model")
+                   for f in artifact.files for rel in _expand(stage, f)]
+        entries += [
+            bd.file_entry(stage, "reference/inputs.npz", "golden-inputs"),
+            bd.file_entry(stage, "reference/outputs.npz", "golden-outputs"),
+            bd.file_entry(stage, "bench.py", "harness"),
+            bd.file_entry(stage, bd.HARNESS_LIB, "harness"),
+        ]
+        validation = result.to_dict()
+        validation["data"] = data_origin
+        golden_n = len(next(iter(golden[0].values())))
+        manifest = mf.new(
+            name=name,
+            source={"format": source.format, "sha256": source.sha256, "name": source.name,
+                    "parameters": source.parameter_count()},
+            target={"name": profile.name, "backend": profile.backend,
+                    "runtime": profile.runtime["name"]},
+            precision=precision,
+            signature=artifact.signature.to_dict(),
+            artifacts=entries,
+            quantization=artifact.quantization,
+            validation=validation,
+            toolchain=mf.toolchain(["edgepack", "numpy", *artifact.toolchain]),
+            harness={
+                "entry": "bench.py",
+                "command": "python bench.py",
+                "batch": source.signature.batch,
+                "runtime_options": artifact.runtime_options,
+                "golden": {"samples": golden_n,
+                           "tolerances": subset_tolerances(result.tolerances)},
+            },
+            seed=cfg.seed,
+        )
+        mf.write(manifest, stage)
+        return bd.commit(stage, out / name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _expand(stage: Path, rel: str) -> list[str]:
+    p = stage / rel
+    if p.is_dir():
+        return [str(Path(rel) / f) for f in bd.files_of(p)]
+    return [rel]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
+    """Convert, validate and bundle the model for every (target, precision)."""
+    say = progress or (lambda _m: None)
+    check_tolerance_keys(cfg.tolerances)
+    profiles = resolve_targets(cfg.targets)
+    plan = _plan(cfg, profiles)
+    for profile in profiles:
+        get_backend(profile.backend)  # unknown backend -> usage error before any work
+    say("loading the source model")
+    source = load_source(cfg.model, inputs=cfg.inputs, outputs=cfg.outputs)
+    sig = source.signature
+    model_name = cfg.name or source.name
+    evals = _eval_set(cfg, sig)
+    calib = _calib_set(cfg, sig, needed=any(p == "int8" for _, p in plan))
+    bd.prepare_out(cfg.out)
+    say("reference outputs from the source model")
+    reference_runner = source.runner()
+    try:
+        eval_ref = run_samples(reference_runner, evals.inputs, sig.batch)
+        calib_ref = run_samples(reference_runner, calib.inputs, sig.batch) if calib else None
+    except EdgepackError:
+        raise
+    except Exception as e:
+        raise InputError(f"the source model failed on the sample inputs: {_one_line(e)}") \
+            from None
+    golden = _golden(cfg, evals, eval_ref, sig.batch)
+    work_root = bd.staging(cfg.out, "work")
+    cache: dict[str, Any] = {"root": work_root}
+    results = []
+    try:
+        for profile, precision in plan:
+            name = f"{model_name}-{profile.name}-{precision}"
+            tolerances = _tolerances(cfg, profile, precision)
+            started = time.monotonic()
+            tag = f"{profile.name}/{precision}"
+            job = Job(
+                source=source, profile=profile, precision=precision,
+                workdir=work_root / name, tolerances=tolerances, calib=calib,
+                calib_reference=calib_ref, int8=cfg.int8, task=cfg.task, cache=cache,
+                progress=lambda m, tag=tag: say(f"{tag}: {m}"),
+            )
+            job.workdir.mkdir(parents=True)
+            results.append(_build_one(job, name, cfg, evals, eval_ref, golden, started))
+    finally:
+        shutil.rmtree(work_root, ignore_errors=True)
+    summary = BuildSummary(model=model_name, bundles=results, out=cfg.out)
+    write_summary(summary)
+    return summary
+
+
+def _build_one(job: Job, name: str, cfg: BuildConfig, evals: SampleSet, eval_ref: Arrays,
+               golden: tuple[Arrays, Arrays], started: float) -> BundleResult:
+    profile, precision = job.profile, job.precision
+    res = BundleResult(name=name, target=profile.name, precision=precision, status="failed")
+    backend = get_backend(profile.backend)
+    try:
+        artifact = backend.build(job)
+    except (EdgepackError, Exception) as e:  # one bundle's failure never stops the others
+        res.reason = f"conversion failed: {_one_line(e) if not isinstance(e, EdgepackError) else e}"
+        res.conversion_failed = True
+        if not isinstance(e, EdgepackError) and os.environ.get("EDGEPACK_DEBUG"):
+            traceback.print_exc()
+        res.seconds = time.monotonic() - started
+        return res
+    job.progress("validating against the source outputs")
+    try:
+        runner = backend.runner(artifact)
+        candidate = run_samples(runner, evals.inputs, job.source.signature.batch)
+        result = compare(eval_ref, candidate, job.tolerances, labels=evals.labels, task=job.task)
+    except Deferred as d:
+        result = deferred(str(d), job.tolerances)
+    except Exception as e:
+        result = ValidationResult(status="failed", metrics={}, tolerances=job.tolerances,
+                                  samples=evals.count, failures=[],
+                                  reason=f"the artifact failed to run: {_one_line(e)}")
+    job.progress("writing the bundle")
+    path = _write_bundle(cfg.out, name, job.source, profile, precision, backend, artifact,
+                         result, golden, cfg, evals.origin)
+    res.status = result.status
+    res.reason = result.reason or ("; ".join(result.failures) if result.failures else None)
+    res.failures = list(result.failures)
+    res.metrics = result.metrics
+    res.path = path
+    res.bytes = sum(artifact_bytes(path))
+    res.seconds = time.monotonic() - started
+    return res
+
+
+def artifact_bytes(bundle: Path) -> list[int]:
+    manifest = mf.read(bundle)
+    return [a["bytes"] for a in manifest["artifacts"] if a.get("role") == "model"]
+
+
+def write_summary(summary: BuildSummary) -> Path:
+    path = summary.out / SUMMARY
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- validate
+
+@dataclass
+class BundleCheck:
+    bundle: Path
+    status: str  # passed | failed | deferred
+    lines: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _host_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
+    model = [a["path"] for a in manifest["artifacts"] if a.get("role") == "model"]
+    return Artifact(folder=folder, files=model[:1],
+                    signature=Signature.from_dict(manifest["signature"]),
+                    runtime_options=manifest["harness"].get("runtime_options", {}))
+
+
+def check_bundle(folder: Path) -> BundleCheck:
+    """Hashes, recorded status, and a golden re-run on the host runner where one exists."""
+    import numpy as np
+
+    manifest = mf.read(folder)
+    problems = bd.verify(folder)
+    if problems:
+        return BundleCheck(folder, "failed", [f"{folder.name}: {p}" for p in problems])
+    recorded = manifest["validation"]
+    if recorded["status"] == "failed":
+        why = recorded.get("reason") or "; ".join(recorded.get("failures", []))
+        return BundleCheck(folder, "failed", [f"{folder.name}: build validation failed: {why}"])
+    backend = get_backend(manifest["target"]["backend"])
+    artifact = _host_artifact(folder, manifest)
+    tolerances = manifest["harness"].get("golden", {}).get("tolerances", {})
+    with np.load(folder / "reference" / "inputs.npz", allow_pickle=False) as f:
+        inputs = {k: f[k] for k in f.files}
+    with np.load(folder / "reference" / "outputs.npz", allow_pickle=False) as f:
+        reference = {k: f[k] for k in f.files}
+    try:
+        runner = backend.runner(artifact)
+    except Deferred as d:
+        return BundleCheck(folder, "deferred", [f"{folder.name}: deferred: {d}"])
+    try:
+        candidate = run_samples(runner, inputs, manifest["harness"].get("batch", 1))
+    except EdgepackError as e:
+        return BundleCheck(folder, "failed", [f"{folder.name}: {e}"])
+    result = compare(reference, candidate, tolerances)
+    lines = [f"{folder.name}: {f}" for f in result.failures]
+    return BundleCheck(folder, result.status, lines, result.metrics)
+
+
+def validate(paths: list[Path]) -> list[BundleCheck]:
+    return [check_bundle(b) for b in bd.find_bundles(paths)]
+
+
+# ---------------------------------------------------------------- bench
+
+def bench(folder: Path, runs: int | None = None, warmup: int | None = None,
+          threads: int | None = None, json_path: Path | None = None) -> int:
+    """Run the bundle's own harness with this interpreter; returns its exit code."""
+    if not (folder / "bench.py").is_file():
+        raise InputError(f"{folder} is not a bundle: no bench.py")
+    cmd = [sys.executable, str(folder / "bench.py")]
+    for flag, value in (("--runs", runs), ("--warmup", warmup), ("--threads", threads),
+                        ("--json", json_path)):
+        if value is not None:
+            cmd += [flag, str(Path(value).resolve()) if flag == "--json" else str(value)]
+    return subprocess.call(cmd, cwd=folder)
+
+
+# ---------------------------------------------------------------- inspect
+
+def inspect(target: str, inputs: list | None = None) -> dict[str, Any]:
+    """Signature, parameters, size, ops and precision of a model or a bundle."""
+    path = Path(target)
+    if path.is_dir() and (path / mf.MANIFEST).is_file():
+        m = mf.read(path)
+        return {"kind": "bundle", "name": m.get("name"), "target": m["target"],
+                "precision": m["precision"], "signature": m["signature"],
+                "artifacts": m["artifacts"], "validation": m["validation"]["status"],
+                "quantization": m["quantization"]}
+    source = load_source(target, inputs=inputs or [])
+    info: dict[str, Any] = {"kind": "model", "format": source.format, "name": source.name,
+                            "sha256": source.sha256, "signature": source.signature.to_dict(),
+                            "parameters": source.parameter_count()}
+    if path.is_file():
+        info["bytes"] = path.stat().st_size
+    if source.onnx_path is not None:
+        import onnx
+
+        model = onnx.load(str(source.onnx_path), load_external_data=False)
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        info["ops"] = dict(sorted(ops.items()))
+        info["opset"] = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                            default=None)
+        dtypes = sorted({onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+                         for t in model.graph.initializer})
+        info["weight_dtypes"] = dtypes
+    return info

@@ -1,0 +1,108 @@
+"""Backend ``onnx``: ONNX Runtime artifacts at fp32, fp16, int8-dynamic and static int8.
+
+Recipes (one cleaned fp32 graph shared by all precisions):
+  fp32          source -> onnx -> cleaned onnx
+  fp16          cleaned onnx -> fp16 (float I/O kept)
+  int8-dynamic  cleaned onnx -> ORT dynamic quantization
+  int8          cleaned onnx -> static QDQ U8S8, calibrated, with the accuracy search
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+from edgepack.backends.base import Artifact, Job
+from edgepack.backends.shared import fp32_onnx
+from edgepack.compare import compare
+from edgepack.errors import UsageError
+from edgepack.runners.base import Arrays, Runner
+
+TOOLCHAIN = ["torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common"]
+
+
+def calibration_judge(job: Job):
+    """accept(candidate outputs on calib) -> (meets tolerances, score): calibration data only."""
+    reference = job.calib_reference
+    tolerances = job.tolerances
+
+    def accept(candidate: Arrays) -> tuple[bool, float]:
+        result = compare(reference, candidate, tolerances, task=job.task)
+        cosines = [m.get("cosine_mean", 0.0) for m in result.metrics.values()]
+        return result.passed, float(min(cosines) if cosines else 0.0)
+
+    return accept
+
+
+class OnnxBackend:
+    name = "onnx"
+    runtime = "onnxruntime"
+    harness = "bench_onnxruntime.py"
+
+    def build(self, job: Job) -> Artifact:
+        base = fp32_onnx(job)
+        out = job.workdir / "model.onnx"
+        quantization = None
+        options: dict = {}
+        if job.precision == "fp32":
+            shutil.copyfile(base, out)
+        elif job.precision == "fp16":
+            from edgepack.backends.passes.onnx_fp16 import to_fp16
+
+            job.progress("converting to fp16")
+            to_fp16(base, out)
+        elif job.precision == "int8-dynamic":
+            from edgepack.backends.passes.onnx_int8 import quantize_dynamic_int8
+
+            job.progress("dynamic int8 quantization")
+            quantization = quantize_dynamic_int8(base, out)
+        elif job.precision == "int8":
+            from edgepack.backends.passes.onnx_int8 import (
+                SESSION_DISABLED_OPTIMIZERS,
+                Int8Options,
+                quantize_static_int8,
+            )
+            from edgepack.quantize.search import Budget
+
+            if job.calib is None or job.calib_reference is None:
+                raise UsageError("static int8 needs calibration data (--calib)")
+            settings = {**job.profile.int8, **job.int8}
+            budget = Budget()
+            if "max_float_nodes" in settings:
+                budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
+            if "max_seconds" in settings:
+                budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+            opts = Int8Options(
+                method=settings.get("method", "auto"),
+                per_channel=settings.get("per_channel", True),
+                symmetric=settings.get("format") == "qdq-s8s8",
+                budget=budget,
+            )
+            if "percentile" in settings:
+                opts = replace(opts, percentile=float(settings["percentile"]))
+            quantization = quantize_static_int8(
+                base, out, job.calib.inputs, job.source.signature.batch,
+                calibration_judge(job), opts, progress=job.progress,
+            )
+            options = {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)}
+        else:
+            raise UsageError(f"the onnx backend does not build {job.precision!r}")
+        return Artifact(
+            folder=job.workdir,
+            files=["model.onnx"],
+            signature=job.source.signature,
+            quantization=quantization,
+            runtime_options=options,
+            toolchain=TOOLCHAIN,
+        )
+
+    def runner(self, artifact: Artifact) -> Runner:
+        from edgepack.runners.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(
+            artifact.main,
+            disabled_optimizers=tuple(artifact.runtime_options.get("disabled_optimizers", ())),
+        )
+
+
+BACKEND = OnnxBackend()

@@ -1,0 +1,35 @@
+"""Steps several backends share: the cleaned fp32 ONNX graph of the source.
+
+Built once per build (cached in ``job.cache``) and reused by every precision
+and every ONNX-based target, so a build never exports the same model twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgepack.backends.base import Job
+
+
+def fp32_onnx(job: Job) -> Path:
+    """The source as one cleaned, self-contained fp32 ONNX file at the profile's opset."""
+    key = f"fp32_onnx:opset{job.profile.opset}"
+    if key in job.cache:
+        return job.cache[key]
+    from edgepack.backends.passes.onnx_cleanup import cleanup_onnx
+
+    folder = job.cache.setdefault("root", job.workdir.parent) / f"fp32-opset{job.profile.opset}"
+    folder.mkdir(parents=True, exist_ok=True)
+    fixed = {t.name: list(t.concrete_shape()) for t in job.source.signature.inputs}
+    if job.source.onnx_path is not None:
+        raw = job.source.onnx_path
+    else:
+        from edgepack.backends.passes.torch_to_onnx import export_torch
+
+        job.progress("exporting torch → onnx")
+        raw = export_torch(job.source, folder / "exported.onnx", opset=job.profile.opset)
+    job.progress("cleaning the onnx graph")
+    static = job.profile.static_shapes or job.source.signature.inputs[0].is_static
+    path = cleanup_onnx(raw, folder / "model.onnx", fixed_shapes=fixed if static else None)
+    job.cache[key] = path
+    return path

@@ -1,0 +1,162 @@
+"""Metrics and tolerance decisions: reference outputs vs an artifact's outputs.
+
+The numbers come from ``edgepack/harness/edgepack_harness.py``, the same file
+every bundle carries, so the host's validation and a device's golden check
+can never disagree on how a metric is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgepack.errors import UsageError, ValidationFailed
+from edgepack.harness import edgepack_harness as metrics_core
+
+TOLERANCE_KEYS: dict[str, str] = dict(metrics_core.TOLERANCE_KEYS)
+GOLDEN_KEYS: tuple[str, ...] = tuple(metrics_core.GOLDEN_KEYS)
+STATUSES = ("passed", "failed", "deferred")
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def check_tolerance_keys(tol: Mapping[str, float]) -> None:
+    """UsageError naming any unknown key (and the valid ones) or a non-numeric bound."""
+    unknown = metrics_core.unknown_tolerance_keys(tol)
+    if unknown:
+        raise UsageError(f"unknown tolerance {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(TOLERANCE_KEYS))}")
+    for key, value in tol.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise UsageError(f"tolerance {key} must be a finite number, got {value!r}")
+
+
+def parse_tolerance_option(text: str) -> tuple[str, float]:
+    """``"cosine_min=0.999"`` -> ``("cosine_min", 0.999)``."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"--tolerance {text!r}: expected KEY=VALUE, e.g. cosine_min=0.999")
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"--tolerance {text!r}: {value.strip()!r} is not a number") from None
+    check_tolerance_keys({key: number})
+    return key, number
+
+
+def golden_tolerances(tolerances: Mapping[str, float]) -> dict[str, float]:
+    """The tolerances a device's golden check applies: the subset-monotone ones.
+
+    Golden inputs are a small subset of the evaluation data. On a subset the
+    lowest cosine can only rise and the largest error only fall, so
+    ``cosine_min`` and ``max_abs_err`` stay valid; means, SNR and agreement
+    rates can be worse on a subset of a healthy artifact and are not applied.
+    """
+    return metrics_core.golden_tolerances(tolerances)
+
+
+def compute_metrics(reference: Arrays, candidate: Arrays, labels: np.ndarray | None = None,
+                    task: str | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per reference output. ValidationFailed when an output is missing or misshapen."""
+    metrics, problems = metrics_core.compute_metrics(reference, candidate, labels, task)
+    if problems:
+        raise ValidationFailed("; ".join(problems))
+    return metrics
+
+
+@dataclass
+class ValidationResult:
+    status: str  # "passed" | "failed" | "deferred"
+    metrics: dict[str, dict[str, Any]]  # per output
+    tolerances: dict[str, float]
+    samples: int
+    failures: list[str] = field(default_factory=list)  # one line each
+    reason: str | None = None  # why deferred / failed in a word
+    proxy: bool = False  # metrics from a stand-in runtime, not the target's
+    skipped: list[str] = field(default_factory=list)  # tolerances that did not apply
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, fixed key order, for the manifest's ``validation``."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "proxy": self.proxy,
+            "samples": int(self.samples),
+            "tolerances": {k: float(self.tolerances[k]) for k in sorted(self.tolerances)},
+            "metrics": {name: dict(m) for name, m in self.metrics.items()},
+            "failures": list(self.failures),
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidationResult:
+        status = str(d["status"])
+        if status not in STATUSES:
+            raise ValueError(f"validation status {status!r} is not one of {STATUSES}")
+        return cls(
+            status=status,
+            metrics={k: dict(v) for k, v in (d.get("metrics") or {}).items()},
+            tolerances={k: float(v) for k, v in (d.get("tolerances") or {}).items()},
+            samples=int(d.get("samples") or 0),
+            failures=list(d.get("failures") or []),
+            reason=d.get("reason"),
+            proxy=bool(d.get("proxy", False)),
+            skipped=list(d.get("skipped") or []),
+        )
+
+
+def _samples(reference: Arrays) -> int:
+    for value in reference.values():
+        value = np.asarray(value)
+        return int(len(value)) if value.ndim else 0
+    return 0
+
+
+def _first_failure(failures: list[str]) -> str:
+    more = len(failures) - 1
+    return failures[0] + (f" (+{more} more)" if more else "")
+
+
+def compare(reference: Arrays, candidate: Arrays, tolerances: Mapping[str, float],
+            labels: np.ndarray | None = None, task: str | None = None) -> ValidationResult:
+    """Metrics of every output + every tolerance; the worst output decides.
+
+    A missing or misshapen output is a failure line, not an exception.
+    """
+    check_tolerance_keys(tolerances)
+    out = metrics_core.evaluate(reference, candidate, tolerances, labels, task)
+    failed = out["status"] == "failed"
+    return ValidationResult(
+        status=out["status"], metrics=out["metrics"], tolerances=out["tolerances"],
+        samples=_samples(reference), failures=out["failures"], skipped=out["skipped"],
+        reason=_first_failure(out["failures"]) if failed else None,
+    )
+
+
+def deferred(reason: str, tolerances: Mapping[str, float],
+             metrics: Mapping[str, Mapping[str, Any]] | None = None, samples: int = 0,
+             proxy: bool = True) -> ValidationResult:
+    """A result that cannot be decided here (Core ML on Linux, TensorRT without a GPU).
+
+    Never "passed". When proxy metrics are given, tolerance misses on them are
+    listed in ``failures`` for the reader; the status stays "deferred".
+    """
+    check_tolerance_keys(tolerances)
+    metrics = {k: dict(v) for k, v in (metrics or {}).items()}
+    failures, skipped = metrics_core.check_tolerances(metrics, tolerances) if metrics \
+        else ([], [])
+    return ValidationResult(
+        status="deferred", metrics=metrics,
+        tolerances={k: float(tolerances[k]) for k in sorted(tolerances)}, samples=samples,
+        failures=failures, reason=reason, proxy=proxy and bool(metrics), skipped=skipped,
+    )

@@ -1,0 +1,138 @@
+"""edgepack.yaml + command-line flags -> BuildConfig. Flags win over the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepack.errors import UsageError
+from edgepack.signature import DTYPES, LAYOUTS, TensorSpec
+
+CONFIG_KEYS = {
+    "model", "name", "inputs", "outputs", "calib", "eval", "task", "targets", "precisions",
+    "tolerances", "out", "seed", "samples", "golden_samples", "int8",
+    "allow_random_calibration",
+}
+INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds"}
+TASKS = ("classification", "regression", None)
+
+
+@dataclass
+class BuildConfig:
+    model: str
+    name: str | None = None  # bundle name prefix; default: the source's name
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[str] | None = None
+    calib: Path | None = None
+    eval: Path | None = None
+    task: str | None = None
+    targets: list[str] = field(default_factory=lambda: ["onnx"])
+    precisions: list[str] = field(default_factory=list)  # empty: each profile's default
+    tolerances: dict[str, float] = field(default_factory=dict)  # overrides for every bundle
+    out: Path = Path("dist")
+    seed: int = 0
+    samples: int = 32  # seeded random samples when no --eval data is given
+    golden_samples: int = 16
+    int8: dict[str, Any] = field(default_factory=dict)
+    allow_random_calibration: bool = False
+
+
+def _spec(entry: Any, where: str) -> TensorSpec:
+    if not isinstance(entry, dict) or "name" not in entry or "shape" not in entry:
+        raise UsageError(f"{where}: each input needs 'name' and 'shape'")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(
+        (isinstance(d, int) and d > 0) or isinstance(d, str) for d in shape
+    ):
+        raise UsageError(f"{where}: input {entry['name']!r}: shape must be a list of positive "
+                         "integers or names")
+    dtype = entry.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise UsageError(f"{where}: input {entry['name']!r}: unknown dtype {dtype!r}")
+    layout = entry.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise UsageError(f"{where}: input {entry['name']!r}: unknown layout {layout!r}")
+    unknown = set(entry) - {"name", "shape", "dtype", "layout"}
+    if unknown:
+        raise UsageError(f"{where}: input {entry['name']!r}: unknown keys {sorted(unknown)}")
+    return TensorSpec(name=str(entry["name"]), shape=tuple(shape), dtype=dtype, layout=layout)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read edgepack.yaml; relative paths in it are relative to its folder."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: expected a mapping of settings")
+    unknown = set(data) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"config {path}: unknown keys {sorted(unknown)}; "
+                         f"known: {', '.join(sorted(CONFIG_KEYS))}")
+    base = path.parent
+    out: dict[str, Any] = dict(data)
+    if "model" in out:
+        out["model"] = _relative_model(str(out["model"]), base)
+    for key in ("calib", "eval"):
+        if out.get(key) is not None:
+            out[key] = base / str(out[key])
+    if "out" in out:
+        out["out"] = base / str(out["out"])
+    if "inputs" in out:
+        if not isinstance(out["inputs"], list):
+            raise UsageError(f"config {path}: 'inputs' must be a list")
+        out["inputs"] = [_spec(e, f"config {path}") for e in out["inputs"]]
+    for key in ("targets", "precisions", "outputs"):
+        if key in out and isinstance(out[key], str):
+            out[key] = [out[key]]
+    if "int8" in out:
+        if not isinstance(out["int8"], dict) or set(out["int8"]) - INT8_KEYS:
+            raise UsageError(f"config {path}: 'int8' takes only {sorted(INT8_KEYS)}")
+    if out.get("task") not in TASKS:
+        raise UsageError(f"config {path}: task must be classification or regression")
+    return out
+
+
+def _relative_model(model: str, base: Path) -> str:
+    """``model.py:build`` and ``model.onnx`` resolve next to the config file."""
+    path_part, sep, attr = model.rpartition(":")
+    if sep and path_part.endswith(".py"):
+        return f"{base / path_part}:{attr}"
+    if not sep and "/" not in model and "." in model and (base / model).exists():
+        return str(base / model)
+    if not sep and (base / model).exists():
+        return str(base / model)
+    return model
+
+
+def make_config(model: str | None, config_file: Path | None, **flags: Any) -> BuildConfig:
+    """Merge the config file (if any, or MODEL given as edgepack.yaml) with flags."""
+    values: dict[str, Any] = {}
+    if model and model.endswith((".yaml", ".yml")) and ":" not in model:
+        config_file, model = Path(model), None
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    if model:
+        values["model"] = model
+    for key, value in flags.items():
+        if value is None or value == [] or value == {} or value == ():
+            continue
+        if key == "tolerances":
+            values["tolerances"] = {**values.get("tolerances", {}), **value}
+        else:
+            values[key] = value
+    if not values.get("model"):
+        raise UsageError("no model given: edgepack build MODEL (or a config with 'model:')")
+    unknown = set(values) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"unknown settings {sorted(unknown)}")
+    for key in ("calib", "eval", "out"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return BuildConfig(**values)

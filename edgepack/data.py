@@ -1,0 +1,108 @@
+"""Sample inputs: seeded random, or real data from .npz files (first axis = samples).
+
+Files are loaded with ``allow_pickle=False``: an object array is refused, never
+unpickled.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import InputError
+from edgepack.signature import Signature, TensorSpec
+
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    origin: str  # a file name or "seeded(seed=N)"; never an absolute path
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def head(self, n: int) -> SampleSet:
+        labels = None if self.labels is None else self.labels[:n]
+        return SampleSet({k: v[:n] for k, v in self.inputs.items()}, labels, self.origin)
+
+
+def seeded_inputs(signature: Signature, count: int, seed: int) -> SampleSet:
+    """Random inputs with a fixed seed: floats ~ N(0, 1), integers in [0, 16)."""
+    rng = np.random.default_rng(seed)
+    batch = signature.batch
+    count = max(batch, count - count % batch)
+    inputs = {}
+    for spec in signature.inputs:
+        shape = (count, *spec.concrete_shape()[1:])
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            inputs[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            inputs[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            inputs[spec.name] = rng.integers(0, 16, shape).astype(dtype)
+    return SampleSet(inputs, None, f"seeded(seed={seed})")
+
+
+def _check_array(path: Path, spec: TensorSpec, arr: np.ndarray, batch: int) -> None:
+    name = f"{path.name}: {spec.name!r}"
+    if arr.dtype.kind == "O":
+        raise InputError(f"{name} is an object array; save plain numeric arrays")
+    if arr.dtype != np.dtype(spec.dtype):
+        raise InputError(f"{name} is {arr.dtype}, the model takes {spec.dtype}; "
+                         f"save it as {spec.dtype}")
+    want = spec.shape[1:]
+    if arr.ndim != len(spec.shape) or any(
+        isinstance(w, int) and w > 0 and w != g for w, g in zip(want, arr.shape[1:], strict=False)
+    ):
+        dims = "x".join(str(d) for d in want)
+        raise InputError(f"{name} has shape {list(arr.shape)}; expected N x {dims} "
+                         "(first axis = samples)")
+    if len(arr) == 0:
+        raise InputError(f"{name} has no samples")
+    if len(arr) % batch:
+        raise InputError(f"{name}: {len(arr)} samples do not split into batches of {batch}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{name} contains NaN or Inf values")
+
+
+def load_npz(path: Path, signature: Signature, role: str) -> SampleSet:
+    """Load calibration or evaluation data keyed by input name (+ optional ``labels``)."""
+    if not path.is_file():
+        raise InputError(f"no such {role} file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise InputError(f"{path.name} holds object arrays; save plain numeric arrays") from None
+        raise InputError(f"{path.name} is not a readable .npz file: {e}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise InputError(f"{path.name} is not a readable .npz file: {e}") from None
+    missing = [n for n in signature.input_names if n not in arrays]
+    if missing:
+        raise InputError(f"{role} data {path.name} lacks inputs {missing}; it has "
+                         f"{sorted(arrays)} (keys must be the model's input names)")
+    extra = sorted(set(arrays) - set(signature.input_names) - {LABELS})
+    if extra:
+        raise InputError(f"{role} data {path.name} has arrays {extra} that are not model "
+                         f"inputs {signature.input_names}")
+    batch = signature.batch
+    for spec in signature.inputs:
+        _check_array(path, spec, arrays[spec.name], batch)
+    counts = {len(arrays[n]) for n in signature.input_names}
+    if len(counts) != 1:
+        raise InputError(f"{role} data {path.name}: inputs have different sample counts")
+    labels = arrays.get(LABELS)
+    if labels is not None:
+        if labels.dtype.kind not in "iu" or labels.shape != (counts.pop(),):
+            raise InputError(f"{path.name}: 'labels' must be integer class ids, one per sample")
+    inputs = {n: arrays[n] for n in signature.input_names}
+    return SampleSet(inputs, labels, path.name)

@@ -1,0 +1,128 @@
+"""Target profiles: data, not code. One YAML file per profile in ``targets/``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgepack.errors import UsageError
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+
+
+def profiles_dir() -> Path:
+    """Installed wheels carry the profiles inside the package; a checkout keeps them at the top."""
+    inside = Path(__file__).parent / "targets"
+    return inside if inside.is_dir() else Path(__file__).parent.parent / "targets"
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    return json.loads((Path(__file__).parent / "schemas" / "profile.schema.json").read_text())
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    backend: str
+    runtime: dict[str, Any]
+    precisions: tuple[str, ...]
+    default_precision: str
+    tolerances: dict[str, dict[str, float]]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    auto_order: tuple[str, ...] = ()
+    static_shapes: bool = False
+    opset: int = 17
+    int8: dict[str, Any] = field(default_factory=dict)
+    latency_budget_ms: float | None = None
+    device: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # where it was read from, for messages
+
+    def tolerances_for(self, precision: str) -> dict[str, float]:
+        return dict(self.tolerances.get(precision, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "runtime": self.runtime["name"]}
+
+
+def _from_mapping(data: Any, where: str) -> Profile:
+    import jsonschema
+
+    if not isinstance(data, dict):
+        raise UsageError(f"profile {where}: expected a mapping of settings")
+    errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=str)
+    if errors:
+        e = errors[0]
+        at = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise UsageError(f"profile {where}: {at}: {e.message}")
+    if data["default_precision"] not in data["precisions"]:
+        raise UsageError(f"profile {where}: default_precision is not one of its precisions")
+    return Profile(
+        name=data["name"],
+        backend=data["backend"],
+        runtime=dict(data["runtime"]),
+        precisions=tuple(data["precisions"]),
+        default_precision=data["default_precision"],
+        tolerances={k: dict(v) for k, v in data["tolerances"].items()},
+        description=data.get("description", ""),
+        aliases=tuple(data.get("aliases", ())),
+        auto_order=tuple(data.get("auto_order", ())),
+        static_shapes=bool(data.get("static_shapes", False)),
+        opset=int(data.get("opset", 17)),
+        int8=dict(data.get("int8", {})),
+        latency_budget_ms=data.get("latency_budget_ms"),
+        device=dict(data.get("device", {})),
+        source=where,
+    )
+
+
+def load_profile_file(path: Path) -> Profile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read profile {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return _from_mapping(data, str(path))
+
+
+def builtin_profiles() -> dict[str, Profile]:
+    """Every shipped profile, by name."""
+    out = {}
+    for p in sorted(profiles_dir().glob("*.yaml")):
+        prof = load_profile_file(p)
+        out[prof.name] = prof
+    return out
+
+
+def resolve_targets(names: list[str]) -> list[Profile]:
+    """Aliases, profile names, paths to profile YAML files, or ``all``."""
+    shipped = builtin_profiles()
+    by_alias = {a: p for p in shipped.values() for a in p.aliases}
+    out: list[Profile] = []
+    for name in names:
+        if name == "all":
+            out.extend(shipped.values())
+        elif name in shipped:
+            out.append(shipped[name])
+        elif name in by_alias:
+            out.append(by_alias[name])
+        elif name.endswith((".yaml", ".yml")) or "/" in name:
+            path = Path(name)
+            if not path.is_file():
+                raise UsageError(f"no such profile file: {name}")
+            out.append(load_profile_file(path))
+        else:
+            known = sorted(set(shipped) | set(by_alias) | {"all"})
+            raise UsageError(f"unknown target {name!r}; use one of {', '.join(known)} "
+                             "or a path to a profile YAML")
+    seen: dict[str, Profile] = {}
+    for p in out:
+        seen.setdefault(p.name, p)
+    return list(seen.values())
