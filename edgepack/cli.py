@@ -15,7 +15,7 @@ from edgepack import __version__, api
 from edgepack.errors import EdgepackError
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+stdout = Console(highlight=False)
 
 
 class _Group(click.Group):
@@ -33,6 +33,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
+        except Exception as e:  # a bug of ours: still one line unless --debug
+            if os.environ.get("EDGEPACK_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            err.print(f"internal error: {type(e).__name__}: {first} (rerun with --debug and "
+                      "report it)", markup=False, soft_wrap=True)
+            sys.exit(3)
 
 
 @click.group(cls=_Group)
@@ -52,7 +59,6 @@ def _progress(quiet: bool):
 
     def say(msg: str) -> None:
         status.update(msg)
-        err.log(msg, highlight=False) if os.environ.get("EDGEPACK_VERBOSE") else None
 
     return say, status
 
@@ -102,7 +108,7 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        print_build(data, out)
+        print_build(data, stdout)
         for b in summary.bundles:
             if b.status == "failed":
                 err.print(f"[bold red]FAILED[/] {b.name}: {b.reason}", soft_wrap=True)
@@ -164,7 +170,7 @@ def targets() -> None:
     for p in builtin_profiles().values():
         table.add_row(p.name, ", ".join(p.aliases), p.backend, p.runtime["name"],
                       ", ".join(p.precisions), p.default_precision)
-    out.print(table)
+    stdout.print(table)
 
 
 @main.command()
@@ -172,10 +178,8 @@ def doctor() -> None:
     """Which backends and runtimes are usable here, and why not."""
     from edgepack.doctor import checks
 
-    worst = 0
     for name, ok, detail in checks():
         click.echo(f"{'ok' if ok else 'missing':8} {name:24} {detail}")
-    sys.exit(worst)
 
 
 if __name__ == "__main__":

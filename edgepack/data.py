@@ -82,7 +82,7 @@ def load_npz(path: Path, signature: Signature, role: str) -> SampleSet:
             arrays = {k: npz[k] for k in npz.files}
     except ValueError as e:
         if "pickle" in str(e):
-            raise InputError(f"{path.name} holds object arrays; save plain numeric arrays") from None
+            raise InputError(f"{path.name} holds object arrays; save numeric arrays") from None
         raise InputError(f"{path.name} is not a readable .npz file: {e}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(f"{path.name} is not a readable .npz file: {e}") from None

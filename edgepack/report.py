@@ -8,46 +8,47 @@ from rich.console import Console
 from rich.table import Table
 
 STATUS_STYLE = {"passed": "green", "failed": "bold red", "deferred": "yellow"}
-KEY_METRICS = ("task_accuracy", "reference_task_accuracy", "top1_agreement", "cosine_min",
-               "cosine_mean", "snr_db")
 
 
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
-def key_metrics(metrics: dict[str, dict[str, Any]]) -> str:
-    """The worst value per key metric across outputs, compactly."""
-    worst: dict[str, float] = {}
-    for per_output in metrics.values():
-        for k in KEY_METRICS:
-            if k in per_output:
-                worst[k] = min(worst.get(k, per_output[k]), per_output[k])
-    parts = []
-    for k in KEY_METRICS:
-        if k in worst:
-            v = worst[k]
-            parts.append(f"{k}={v:.2f}" if "accuracy" in k or k == "snr_db" else f"{k}={v:.4f}")
-    return " ".join(parts)
+def worst(metrics: dict[str, dict[str, Any]], key: str) -> float | None:
+    """The worst value of a higher-is-better metric across outputs."""
+    values = [m[key] for m in metrics.values() if m.get(key) is not None]
+    return min(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def build_table(summary_dict: dict[str, Any]) -> Table:
     table = Table(title=f"edgepack build: {summary_dict['model']}")
-    for col in ("target", "precision", "size", "status", "metrics", "seconds"):
-        table.add_column(col, justify="right" if col in ("size", "seconds") else "left")
+    table.add_column("target")
+    table.add_column("precision")
+    table.add_column("size", justify="right")
+    table.add_column("status")
+    table.add_column("acc (src)", justify="right")
+    table.add_column("top1", justify="right")
+    table.add_column("cos min", justify="right")
+    table.add_column("s", justify="right")
     for b in summary_dict["bundles"]:
-        status = b["status"]
-        detail = key_metrics(b["metrics"])
-        if b.get("reason") and status != "passed":
-            detail = f"{detail}\n{b['reason']}".strip()
-        table.add_row(b["target"], b["precision"], human_bytes(b["bytes"]),
-                      f"[{STATUS_STYLE[status]}]{status}[/]", detail, f"{b['seconds']:.1f}")
+        m = b["metrics"]
+        acc, ref = worst(m, "task_accuracy"), worst(m, "reference_task_accuracy")
+        accuracy = "-" if acc is None else f"{acc:.1f} ({ref:.1f})"
+        cos = _fmt(worst(m, "cosine_min"), ".4f")
+        status = f"[{STATUS_STYLE[b['status']]}]{b['status']}[/]"
+        table.add_row(b["target"], b["precision"], human_bytes(b["bytes"]), status, accuracy,
+                      _fmt(worst(m, "top1_agreement"), ".3f"), cos, f"{b['seconds']:.1f}")
     return table
 
 

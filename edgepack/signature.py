@@ -112,7 +112,9 @@ class Signature:
                    outputs=tuple(TensorSpec.from_dict(t) for t in d.get("outputs", [])))
 
 
-_INPUT_RE = re.compile(r"^(?P<name>[^:]+):(?P<shape>[^:]+)(?::(?P<dtype>[^:]+))?(?::(?P<layout>[^:]+))?$")
+_INPUT_RE = re.compile(
+    r"^(?P<name>[^:]+):(?P<shape>[^:]+)(?::(?P<dtype>[^:]+))?(?::(?P<layout>[^:]+))?$"
+)
 
 
 def parse_input_option(text: str) -> TensorSpec:
@@ -132,10 +134,14 @@ def parse_input_option(text: str) -> TensorSpec:
         dims.append(int(part))
     dtype = m["dtype"] or "float32"
     if dtype not in DTYPES:
-        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise UsageError(
+            f"--input {text!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}"
+        )
     layout = m["layout"].upper() if m["layout"] else None
     if layout is not None and layout not in LAYOUTS:
-        raise UsageError(f"--input {text!r}: unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        raise UsageError(
+            f"--input {text!r}: unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}"
+        )
     return TensorSpec(name=m["name"], shape=tuple(dims), dtype=dtype, layout=layout)
 
 
