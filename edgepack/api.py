@@ -294,7 +294,7 @@ def _build_one(job: Job, name: str, cfg: BuildConfig, evals: SampleSet, eval_ref
         candidate = run_samples(runner, evals.inputs, job.source.signature.batch)
         result = compare(eval_ref, candidate, job.tolerances, labels=evals.labels, task=job.task)
     except Deferred as d:
-        result = deferred(str(d), job.tolerances)
+        result = _deferred_result(d, evals, eval_ref, job)
     except Exception as e:
         result = ValidationResult(status="failed", metrics={}, tolerances=job.tolerances,
                                   samples=evals.count, failures=[],
@@ -310,6 +310,21 @@ def _build_one(job: Job, name: str, cfg: BuildConfig, evals: SampleSet, eval_ref
     res.bytes = sum(artifact_bytes(path))
     res.seconds = time.monotonic() - started
     return res
+
+
+def _deferred_result(d: Deferred, evals: SampleSet, eval_ref: Arrays, job: Job
+                     ) -> ValidationResult:
+    """Deferred to the device; with proxy metrics when a proxy runner exists."""
+    if d.proxy is None:
+        return deferred(d.reason, job.tolerances)
+    candidate = run_samples(d.proxy, evals.inputs, job.source.signature.batch)
+    proxy = compare(eval_ref, candidate, job.tolerances, labels=evals.labels, task=job.task)
+    if not proxy.passed:
+        proxy.proxy = True
+        proxy.reason = f"proxy ({d.proxy_name}) misses the tolerance: {proxy.reason}"
+        return proxy
+    return deferred(f"{d.reason}; proxy metrics from {d.proxy_name}", job.tolerances,
+                    metrics=proxy.metrics, samples=proxy.samples)
 
 
 def artifact_bytes(bundle: Path) -> list[int]:

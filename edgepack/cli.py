@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -49,6 +50,10 @@ def main(debug: bool) -> None:
     """Convert, quantize and verify one trained model for edge targets."""
     if debug:
         os.environ["EDGEPACK_DEBUG"] = "1"
+    else:
+        # Converter chatter (deprecations, fp16 rounding notes) is not the user's
+        # business; what matters reaches them as results and exit codes.
+        warnings.filterwarnings("ignore")
 
 
 def _progress(quiet: bool):

@@ -42,6 +42,7 @@ class Profile:
     int8: dict[str, Any] = field(default_factory=dict)
     latency_budget_ms: float | None = None
     device: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
     source: str = ""  # where it was read from, for messages
 
     def tolerances_for(self, precision: str) -> dict[str, float]:
@@ -78,6 +79,7 @@ def _from_mapping(data: Any, where: str) -> Profile:
         int8=dict(data.get("int8", {})),
         latency_budget_ms=data.get("latency_budget_ms"),
         device=dict(data.get("device", {})),
+        options=dict(data.get("options", {})),
         source=where,
     )
 

@@ -9,13 +9,22 @@ from edgepack.errors import UsageError
 
 _MODULES = {
     "onnx": "edgepack.backends.onnx",
+    "tflite": "edgepack.backends.tflite",
+    "coreml": "edgepack.backends.coreml",
+    "tensorrt": "edgepack.backends.tensorrt",
 }
 
 
 def get_backend(name: str) -> Backend:
     if name not in _MODULES:
         raise UsageError(f"unknown backend {name!r}; available: {', '.join(sorted(_MODULES))}")
-    return import_module(_MODULES[name]).BACKEND
+    try:
+        module = import_module(_MODULES[name])
+    except ModuleNotFoundError as e:
+        if e.name == _MODULES[name]:
+            raise UsageError(f"backend {name!r} is not part of this edgepack version") from None
+        raise
+    return module.BACKEND
 
 
 def backend_names() -> list[str]:

@@ -20,7 +20,19 @@ from edgepack.sources.base import SourceModel
 
 
 class Deferred(Exception):
-    """This host cannot execute the artifact; the device harness will check it."""
+    """This host cannot execute the artifact; the device harness will check it.
+
+    ``proxy`` optionally runs a stand-in with the artifact's numerics (the exact
+    ONNX a TensorRT engine is built from, in ONNX Runtime; the torch model with
+    Core ML's compressed weights). Its metrics are recorded as proxy metrics;
+    a proxy that misses the tolerance fails the bundle, since the device would too.
+    """
+
+    def __init__(self, reason: str, proxy: Runner | None = None, proxy_name: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.proxy = proxy
+        self.proxy_name = proxy_name
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from edgepack.errors import ConversionError
@@ -14,8 +15,11 @@ def to_fp16(in_path: Path, out_path: Path) -> Path:
 
     model = onnx.load(str(in_path))
     try:
-        half = float16.convert_float_to_float16(model, keep_io_types=True,
-                                                disable_shape_infer=False)
+        with warnings.catch_warnings():
+            # it warns once per tiny weight it rounds to fp16's range: expected, not news
+            warnings.simplefilter("ignore")
+            half = float16.convert_float_to_float16(model, keep_io_types=True,
+                                                    disable_shape_infer=False)
     except Exception as e:  # the converter raises bare Exceptions on odd graphs
         raise ConversionError(f"fp16 conversion failed: {str(e).splitlines()[0]}") from None
     onnx.save(half, str(out_path))

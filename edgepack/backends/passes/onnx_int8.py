@@ -1,0 +1,783 @@
+"""ONNX -> ONNX int8 with ONNX Runtime: static QDQ (accuracy-aware) and dynamic.
+
+Static int8 goes through the backend-agnostic search (edgepack.quantize.search):
+the fp32 model is run ONCE over the calibration data to collect every range
+(MinMax, Percentile and Entropy from the same pass) and the input means used by
+bias correction; each candidate (a different set of nodes kept in float) is then
+built from those cached ranges by ORT's own QDQQuantizer in well under a second.
+
+Pitfalls this module exists to avoid (measured, see TOOLCHAIN.md):
+- ORT's ``WeightBiasQuantization`` optimizer re-quantizes (per-tensor) a float
+  Conv/Gemm whose input comes from a DequantizeLinear, silently undoing the
+  float fallback: every session of our int8 models disables it
+  (``SESSION_DISABLED_OPTIMIZERS``), and bundles must record that.
+- ``CalibTensorRangeSymmetric`` with uint8 activations removes ReLU6: never set.
+- ORT writes scratch files next to its input model: we only ever hand it copies
+  inside a private temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import ConversionError, InputError
+from edgepack.quantize.search import SCORE_DIGITS, Budget, search
+from edgepack.runners.base import run_samples
+
+#: Every session of an int8 model we produce must disable these ORT optimizers.
+SESSION_DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+#: Fixed intra-op thread count for every session created here (determinism).
+SESSION_THREADS = 1
+
+METHODS = ("minmax", "percentile", "entropy")
+#: What "auto" tries. Entropy scored no better than MinMax on real models
+#: (TOOLCHAIN.md, and here) and its histograms cost ~20 s on a 224px CNN.
+AUTO_METHODS = ("minmax", "percentile")
+#: Nodes that may be kept in float by the search: the layers that carry weights.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Applied to the fp32 graph before quantizing (recorded in the manifest).
+PREPROCESS = "onnxruntime basic graph optimizations (constant folding, Conv+Pad/BN fusion)"
+#: Samples per histogram update: fixed so the merged histograms do not depend on `batch`.
+_HIST_CHUNK = 16
+
+
+@dataclass
+class Int8Options:
+    method: str = "auto"  # "auto" | "minmax" | "entropy" | "percentile"; auto = best calib score
+    percentile: float = 99.999
+    per_channel: bool = True
+    symmetric: bool = False  # False: U8S8 (CPU); True: S8S8, zero point 0 (TensorRT form)
+    bias_correction: bool = True  # tried on top of the chosen method; kept only if it scores higher
+    budget: Budget = field(default_factory=Budget)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class _OrtRunner:
+    """Minimal Runner over an ORT session with our fixed, documented options."""
+
+    def __init__(self, model: str | bytes | Path, quantized: bool = True) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = SESSION_THREADS
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        src = str(model) if isinstance(model, Path) else model
+        kwargs = {"disabled_optimizers": SESSION_DISABLED_OPTIMIZERS} if quantized else {}
+        self.session = ort.InferenceSession(
+            src, sess_options=opts, providers=["CPUExecutionProvider"], **kwargs
+        )
+        self.name = "onnxruntime"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+
+
+# --------------------------------------------------------------------------- model prep
+
+
+def _quiet():
+    """ORT's calibration and quantizer print and log chatter; passes never print."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    stack.callback(logger.setLevel, level)
+    return stack
+
+
+def name_nodes(model) -> int:
+    """Give every unnamed (or duplicate-named) node a deterministic unique name.
+
+    Node names are how the search and the manifest refer to layers kept in float.
+    Returns how many nodes were renamed.
+    """
+    seen: set[str] = set()
+    renamed = 0
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = f"{node.op_type}_{i}"
+        name, k = base, 1
+        while name in taken or name in seen:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        seen.add(name)
+        renamed += 1
+    return renamed
+
+
+def _load_fp32(fp32_path: Path, workdir: Path):
+    """Load, name nodes, pre-optimize, re-load shape-inferred; all inside `workdir`.
+
+    Pre-optimization is ORT's BASIC level (constant folding, Pad/BN folded
+    into Conv, redundant nodes removed): portable ONNX, no contrib ops. It is
+    what ORT asks for before quantizing, and it shrinks exported graphs a lot
+    (EfficientNet-Lite0: 458 -> 94 nodes), making every candidate build faster.
+    ORT writes `<name>-inferred.onnx` next to the file it loads, hence the
+    private copies. Returns (inferred model, renamed count).
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.quant_utils import (
+        QuantType,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
+
+    fp32_path = Path(fp32_path)
+    if not fp32_path.is_file():
+        raise InputError(f"ONNX model not found: {fp32_path}")
+    try:
+        model = onnx.load(str(fp32_path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types
+        raise InputError(f"cannot read ONNX model {fp32_path.name}: {exc}") from exc
+    renamed = name_nodes(model)
+    named = workdir / "fp32-named.onnx"
+    onnx.save_model(model, str(named))
+    optimized = workdir / "fp32.onnx"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(optimized)
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(named), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ConversionError(f"ONNX Runtime cannot load the fp32 model: {exc}") from exc
+    model = onnx.load(str(optimized))
+    used = {n.domain for n in model.graph.node}
+    keep = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    renamed += name_nodes(model)
+    onnx.save_model(model, str(optimized))
+    inferred = load_model_with_shape_infer(optimized)
+    inferred = update_opset_version(inferred, QuantType.QInt8, QuantType.QUInt8)
+    return inferred, renamed
+
+
+def _quant_op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    # sorted: quantize_static builds this from a set (order would vary per process)
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _inits(model) -> dict:
+    return {i.name: i for i in model.graph.initializer}
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class _Calibration:
+    ranges: dict  # method -> onnxruntime TensorsData
+    means: dict[str, np.ndarray]  # tensor -> per-sample mean (float64), inputs of weighted nodes
+    samples: int
+
+
+def _calibrate(
+    model, calib: dict[str, np.ndarray], batch: int, methods: Sequence[str], percentile: float
+) -> _Calibration:
+    """One fp32 pass over `calib` -> ranges for every method in `methods` + input means.
+
+    Uses ORT's own HistogramCollector / TensorsData, i.e. what its Percentile
+    and Entropy calibrators compute (same bins, same merge), without one
+    augmented-model run per method.
+    """
+    import onnx
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        HistogramCollector,
+        TensorData,
+        TensorsData,
+    )
+
+    ops = set(_quant_op_types())
+    vis = {vi.name: vi for vi in model.graph.value_info}
+    vis.update({o.name: o for o in model.graph.output})
+    vis.update({i.name: i for i in model.graph.input})
+    inits = _inits(model)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    tensors: list[str] = []
+    for node in model.graph.node:
+        if node.op_type not in ops:
+            continue
+        for t in (*node.input, *node.output):
+            vi = vis.get(t)
+            if (
+                t
+                and t not in inits
+                and vi is not None
+                and vi.type.HasField("tensor_type")
+                and vi.type.tensor_type.elem_type in floats
+                and t not in tensors
+            ):
+                tensors.append(t)
+    mean_of = {
+        n.input[0]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits
+    } & set(tensors)
+
+    aug = copy.deepcopy(model)
+    outputs = {o.name for o in aug.graph.output}
+    for t in tensors:
+        if t not in outputs:
+            aug.graph.output.append(vis[t])
+    runner = _OrtRunner(aug.SerializeToString(), quantized=False)
+    names = runner.output_names
+
+    counts = {len(v) for v in calib.values()}
+    if len(counts) != 1:
+        raise InputError(f"calibration inputs disagree on the number of samples: {sorted(counts)}")
+    (n,) = counts
+    if n == 0 or n % batch:
+        raise InputError(f"{n} calibration samples do not split into batches of {batch}")
+
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    sums: dict[str, np.ndarray] = {}
+    collectors = {}
+    if "percentile" in methods:
+        # |x| histogram, as ORT's default percentile calibrator; clipped to min/max later
+        collectors["percentile"] = _AbsHistogram("percentile", True, 2048, 128, percentile, "same")
+    if "entropy" in methods:
+        collectors["entropy"] = HistogramCollector("entropy", False, 128, 128, percentile, "same")
+    pending: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    pending_n = 0
+
+    def flush() -> None:
+        nonlocal pending_n
+        if not pending_n or not collectors:
+            pending_n = 0
+            return
+        chunk = {t: np.concatenate(v) for t, v in pending.items() if v}
+        for c in collectors.values():
+            c.collect(chunk)
+        for v in pending.values():
+            v.clear()
+        pending_n = 0
+
+    with _quiet():
+        for start in range(0, n, batch):
+            feeds = {k: np.ascontiguousarray(v[start : start + batch]) for k, v in calib.items()}
+            out = dict(zip(names, runner.session.run(None, feeds), strict=True))
+            for t in tensors:
+                a = out[t]
+                if a.dtype != np.float32:
+                    a = a.astype(np.float32)
+                if a.size:
+                    amin, amax = float(a.min()), float(a.max())
+                    if not (np.isfinite(amin) and np.isfinite(amax)):
+                        raise InputError(
+                            f"the fp32 model produced NaN/inf in {t!r} on the calibration data"
+                        )
+                    lo[t] = min(lo.get(t, amin), amin)
+                    hi[t] = max(hi.get(t, amax), amax)
+                if collectors:
+                    pending[t].append(a.reshape(-1))
+                if t in mean_of:
+                    s = a.astype(np.float64).sum(axis=0)
+                    sums[t] = s if t not in sums else sums[t] + s
+            pending_n += batch
+            if pending_n >= _HIST_CHUNK:
+                flush()
+        flush()
+        ranges = {}
+        if "minmax" in methods:
+            ranges["minmax"] = TensorsData(
+                CalibrationMethod.MinMax,
+                {
+                    t: TensorData(
+                        lowest=np.array(lo.get(t, 0.0), np.float32),
+                        highest=np.array(hi.get(t, 0.0), np.float32),
+                    )
+                    for t in tensors
+                },
+            )
+        enum = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+        for m, c in collectors.items():
+            ranges[m] = TensorsData(enum[m], c.compute_collection_result())
+    return _Calibration(ranges, {t: s / n for t, s in sums.items()}, n)
+
+
+def _abs_histogram_class():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class AbsHistogram(HistogramCollector):
+        """ORT's |x| histogram (percentile), binned with uniform ranges.
+
+        ORT re-bins every later chunk against its explicit edge array, which
+        makes numpy sort the data (~3x slower). The edges are uniform by
+        construction (first chunk: num_bins over [min|x|, max|x|]; growth:
+        more bins of the same width), so a range-based histogram is the same.
+        """
+
+        def collect_absolute_value(self, name_to_arr):
+            for tensor, arr in name_to_arr.items():
+                x = np.asarray(arr).reshape(-1)
+                if x.size == 0:
+                    continue
+                mn, mx = np.min(x), np.max(x)
+                x = np.abs(x)
+                old = self.histogram_dict.get(tensor)
+                if old is None:
+                    hist, edges = np.histogram(x, bins=self.num_bins)
+                    self.histogram_dict[tensor] = (hist, edges.astype(x.dtype), mn, mx)
+                    continue
+                old_hist, edges, old_min, old_max = old
+                width = edges[1] - edges[0]
+                amax = np.max(x)
+                if amax > edges[-1]:
+                    extra = np.arange(edges[-1] + width, amax + width, width)
+                    edges = np.hstack((edges, extra)).astype(x.dtype)
+                hist, _ = np.histogram(x, bins=len(edges) - 1, range=(edges[0], edges[-1]))
+                hist[: len(old_hist)] += old_hist
+                self.histogram_dict[tensor] = (hist, edges, min(old_min, mn), max(old_max, mx))
+
+    return AbsHistogram
+
+
+def _AbsHistogram(*args):  # noqa: N802 - factory so onnxruntime stays a lazy import
+    return _abs_histogram_class()(*args)
+
+
+# --------------------------------------------------------------------------- bias correction
+
+
+def _dequantized_weights(qmodel) -> dict[str, np.ndarray]:
+    """node name -> the weight the int8 artifact really uses (DequantizeLinear of input 1)."""
+    from onnx import numpy_helper
+
+    inits = _inits(qmodel)
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    out = {}
+    for node in qmodel.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+            continue
+        dq = producer.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        zp = (
+            numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
+            if len(dq.input) > 2 and dq.input[2]
+            else np.zeros_like(scale)
+        )
+        if scale.ndim == 1 and scale.size > 1:
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        out[node.name] = (q - zp) * scale
+    return out
+
+
+def _bias_shifts(model, qmodel, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Expected output shift per output channel caused by weight rounding, per node.
+
+    shift = E[conv(x, W_q - W)] averaged over positions, computed exactly on the
+    calibration mean input map (padding included) with a one-node ORT model.
+    Subtracting it from the bias removes the systematic part of the weight error.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = _inits(model)
+    wq = _dequantized_weights(qmodel)
+    shifts = {}
+    for node in model.graph.node:
+        if node.name not in wq or node.input[0] not in means or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        err = wq[node.name] - w
+        if err.shape != w.shape or not np.any(err):
+            continue
+        mean = means[node.input[0]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm":
+            if attrs.get("transA", 0) or mean.ndim != 1:
+                continue
+            e = err.T if attrs.get("transB", 0) else err  # (K, N)
+            beta = attrs.get("beta", 1.0) or 1.0
+            shifts[node.name] = attrs.get("alpha", 1.0) * (mean @ e) / beta
+            continue
+        # Conv: convolve the mean input map with the weight error
+        x = mean[None].astype(np.float32)
+        g = helper.make_graph(
+            [helper.make_node("Conv", ["x", "e"], ["y"], **attrs)],
+            "shift",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(err.astype(np.float32), "e")],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        y = _OrtRunner(m.SerializeToString(), quantized=False).run({"x": x})["y"][0]
+        shifts[node.name] = y.reshape(y.shape[0], -1).astype(np.float64).mean(axis=1)
+    return shifts
+
+
+def _apply_bias_shifts(model, shifts: dict[str, np.ndarray], excluded: set[str]) -> None:
+    """Subtract the shifts from the biases of quantized nodes (in place, on a copy)."""
+    from onnx import numpy_helper
+
+    inits = _inits(model)
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            users[t] = users.get(t, 0) + 1
+    for node in model.graph.node:
+        shift = shifts.get(node.name)
+        if shift is None or node.name in excluded:
+            continue
+        if len(node.input) > 2 and node.input[2]:
+            b = node.input[2]
+            if b not in inits or users[b] != 1:
+                continue
+            old = numpy_helper.to_array(inits[b])
+            if old.size != shift.size:
+                continue
+            new = (old.astype(np.float64) - shift.reshape(old.shape)).astype(old.dtype)
+            inits[b].CopyFrom(numpy_helper.from_array(new, b))
+        elif node.op_type == "Conv":
+            b = f"{node.name}_bias_corrected"
+            model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), b))
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = b
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _WeightCache:
+    """Per-channel weight quantization, computed once per quantization run.
+
+    ORT quantizes weights channel by channel in Python (~70% of a candidate
+    build on a 50-layer CNN). Weight parameters do not depend on which nodes
+    are kept in float, so every candidate after the first reuses them.
+    Keyed by tensor name + content digest, so a changed tensor is recomputed.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[tuple, object] = {}
+        self.weights: dict[tuple, object] = {}
+
+    @staticmethod
+    def digest(proto) -> str:
+        from onnx import numpy_helper
+
+        data = proto.raw_data or numpy_helper.to_array(proto).tobytes()
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _quantizer_classes(cache: _WeightCache):
+    from onnxruntime.quantization import qdq_quantizer as qdq_mod
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    class CachedQDQQuantizer(QDQQuantizer):
+        def _calc_initializer_quant_params(self):
+            inits = {i.name: i for i in self.model.initializer()}
+            keys = {
+                name: (name, str(info.tensor_type), info.axis, cache.digest(inits[name]))
+                for name, info in self.tensors_to_quantize.items()
+                if name in inits
+            }
+            todo = {
+                n: i for n, i in self.tensors_to_quantize.items() if keys.get(n) not in cache.params
+            }
+            everything = self.tensors_to_quantize
+            self.tensors_to_quantize = todo
+            try:
+                fresh = super()._calc_initializer_quant_params()
+            finally:
+                self.tensors_to_quantize = everything
+            for name, params in fresh.items():
+                cache.params[keys[name]] = params
+            # copies: bias-overflow adjustment may rescale a weight for this candidate only
+            return {n: copy.deepcopy(cache.params[k]) for n, k in keys.items() if k in cache.params}
+
+        def quantize_model(self):
+            original = qdq_mod.quantize_onnx_initializer
+
+            def memo(weight, quant_type, zero_point, scale, axis=None, *args, **kwargs):
+                key = (
+                    weight.name, cache.digest(weight), quant_type, axis, repr((args, kwargs)),
+                    np.asarray(zero_point).tobytes(), np.asarray(scale).tobytes(),
+                )
+                if key not in cache.weights:
+                    cache.weights[key] = original(
+                        weight, quant_type, zero_point, scale, axis, *args, **kwargs
+                    )
+                out = type(cache.weights[key])()
+                out.CopyFrom(cache.weights[key])
+                return out
+
+            qdq_mod.quantize_onnx_initializer = memo
+            try:
+                return super().quantize_model()
+            finally:
+                qdq_mod.quantize_onnx_initializer = original
+
+    return CachedQDQQuantizer
+
+
+def _build(
+    model,
+    ranges,
+    excluded: Sequence[str],
+    options: Int8Options,
+    shifts: dict[str, np.ndarray] | None = None,
+    fmt: str = "QDQ",
+    cache: _WeightCache | None = None,
+) -> bytes:
+    """One candidate: ORT's quantizer on a copy of `model` with cached ranges."""
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
+
+    m = copy.deepcopy(model)
+    if shifts:
+        _apply_bias_shifts(m, shifts, set(excluded))
+    act = QuantType.QInt8 if options.symmetric else QuantType.QUInt8
+    extra = {"ActivationSymmetric": options.symmetric, "WeightSymmetric": True}
+    args = (copy.deepcopy(ranges), [], list(excluded), _quant_op_types(), extra)
+    with _quiet():
+        if fmt == "QDQ":
+            cls = _quantizer_classes(cache or _WeightCache())
+            q = cls(m, options.per_channel, False, QuantType.QInt8, act, *args)
+        elif fmt == "QOperator":
+            q = ONNXQuantizer(
+                m,
+                options.per_channel,
+                False,
+                QuantizationMode.QLinearOps,
+                True,
+                QuantType.QInt8,
+                act,
+                *args,
+            )
+        else:
+            raise ValueError(f"unknown quantization format {fmt!r}")
+        q.quantize_model()
+        q.model.topological_sort()
+    return q.model.model.SerializeToString()
+
+
+def compute_nodes(model) -> list[str]:
+    """Candidates for float fallback: weighted layers, in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def quantize_static_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calib: dict[str, np.ndarray],
+    batch: int,
+    accept: Callable[[dict[str, np.ndarray]], tuple[bool, float]],
+    options: Int8Options,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Static int8 (QDQ, per-channel weights) that passes `accept` on calib, or says it did not.
+
+    `accept(outputs_on_calib) -> (meets tolerances, score)`; outputs are the
+    candidate's, samples concatenated on axis 0 in calib order. Returns the
+    manifest's `quantization` record; writes a single-file ONNX to `out_path`.
+    """
+    say = progress or (lambda _msg: None)
+    method = options.method
+    if method != "auto" and method not in METHODS:
+        raise InputError(f"unknown calibration method {method!r}: use auto, {', '.join(METHODS)}")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    methods = list(AUTO_METHODS) if method == "auto" else [method]
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-int8-") as tmp:
+        work = Path(tmp)
+        model, renamed = _load_fp32(Path(fp32_path), work)
+        inits = _inits(model)
+        wanted = [i.name for i in model.graph.input if i.name not in inits]
+        if sorted(calib) != sorted(wanted):
+            raise InputError(
+                f"calibration data has inputs {sorted(calib)}, the model needs {wanted}"
+            )
+        say(f"calibrating ({', '.join(methods)})")
+        try:
+            cal = _calibrate(model, calib, batch, methods, options.percentile)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ORT raises bare RuntimeErrors
+            raise ConversionError(f"calibration run failed: {exc}") from exc
+
+        built: dict[tuple, Path] = {}
+        wcache = _WeightCache()
+        scored: dict[Path, tuple[bool, float]] = {}
+
+        def build(m: str, excluded: Sequence[str], shifts=None) -> Path:
+            key = (m, tuple(sorted(excluded)), shifts is not None)
+            if key not in built:
+                try:
+                    data = _build(model, cal.ranges[m], excluded, options, shifts, cache=wcache)
+                except Exception as exc:  # noqa: BLE001
+                    raise ConversionError(f"ORT quantization failed ({m}): {exc}") from exc
+                digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+                path = work / f"cand-{digest}.onnx"
+                path.write_bytes(data)
+                built[key] = path
+            return built[key]
+
+        def evaluate(path: Path) -> tuple[bool, float]:
+            if path not in scored:
+                outs = run_samples(_OrtRunner(path), calib, batch)
+                ok, score = accept(outs)
+                scored[path] = (bool(ok), float(score))
+            return scored[path]
+
+        # 1. calibration method (and bias correction) by measured score, all nodes int8
+        tried = []
+        shifts_of: dict[str, dict | None] = {}
+
+        def trial(m: str, corrected: bool) -> None:
+            ok, score = evaluate(build(m, [], shifts_of[m] if corrected else None))
+            tried.append({"method": m, "bias_correction": corrected, "score": score, "passed": ok})
+
+        for m in methods:
+            say(f"scoring calibration ({m})")
+            trial(m, False)
+            if options.bias_correction:
+                say(f"bias correction ({m})")
+                qmodel = onnx.load_from_string(build(m, []).read_bytes())
+                shifts_of[m] = _bias_shifts(model, qmodel, cal.means) or None
+                if shifts_of[m]:
+                    trial(m, True)
+        # passing first, then score; ties: listed method order, plain before corrected
+        best = max(
+            tried,
+            key=lambda t: (
+                t["passed"], t["score"], -methods.index(t["method"]), -t["bias_correction"]
+            ),
+        )
+        chosen = best["method"]
+        shifts = shifts_of.get(chosen) if best["bias_correction"] else None
+
+        # 2. accuracy-aware search over layers kept in float
+        result = search(
+            quantize=lambda excluded: build(chosen, excluded, shifts),
+            evaluate=evaluate,
+            candidates=compute_nodes(model),
+            budget=options.budget,
+            progress=say,
+        )
+        data = Path(result.artifact).read_bytes()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(data)
+
+    ops = {n.name: n.op_type for n in model.graph.node}
+    loo = dict(result.ranking)
+    rec = result.to_record()
+    return {
+        "method": "static-qdq",
+        "format": "QDQ",
+        "activation_type": "int8" if options.symmetric else "uint8",
+        "weight_type": "int8",
+        "per_channel": options.per_channel,
+        "symmetric": options.symmetric,
+        "calibration": {
+            "method": chosen,
+            "percentile": options.percentile if chosen == "percentile" else None,
+            "samples": cal.samples,
+            "batch": batch,
+            "candidates": [{**t, "score": round(t["score"], SCORE_DIGITS)} for t in tried],
+        },
+        "bias_correction": shifts is not None,
+        "nodes_kept_float": [
+            {
+                "name": n,
+                "op_type": ops.get(n),
+                "reason": "leave-one-out",
+                "leave_one_out_score": round(loo[n], SCORE_DIGITS) if n in loo else None,
+            }
+            for n in result.excluded
+        ],
+        "nodes_renamed": renamed,
+        "preprocess": PREPROCESS,
+        "search": rec,
+        "passed": result.passed,
+        "score": round(result.score, SCORE_DIGITS),
+        "disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS),
+        "toolchain": {"onnxruntime": _ort_version()},
+    }
+
+
+def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
+    """ORT dynamic int8: per-channel int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-int8-") as tmp:
+        work = Path(tmp)
+        model, renamed = _load_fp32(Path(fp32_path), work)
+        import onnx
+
+        src = work / "named.onnx"
+        onnx.save_model(model, str(src))
+        dst = work / "dynamic.onnx"
+        try:
+            with _quiet():
+                quantize_dynamic(
+                    src, dst, per_channel=True, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(DYNAMIC_OPS),
+                )
+        except Exception as exc:  # noqa: BLE001
+            raise ConversionError(f"ORT dynamic quantization failed: {exc}") from exc
+        data = dst.read_bytes()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(data)
+    return {
+        "method": "dynamic",
+        "format": "QOperator",
+        "activation_type": "uint8 (dynamic, per batch)",
+        "weight_type": "int8",
+        "per_channel": True,
+        "symmetric": False,
+        "op_types": list(DYNAMIC_OPS),
+        "calibration": None,
+        "nodes_kept_float": [],
+        "nodes_renamed": renamed,
+        "disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS),
+        "toolchain": {"onnxruntime": _ort_version()},
+    }
+
+
+#: Dynamic int8 quantizes these (ConvInteger is slow on CPU; measured, see module report).
+DYNAMIC_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
