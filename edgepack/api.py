@@ -13,21 +13,22 @@ import shutil
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from edgepack import bundle as bd
 from edgepack import manifest as mf
 from edgepack.backends import get_backend
-from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.backends.base import Artifact, Deferred
 from edgepack.compare import ValidationResult, check_tolerance_keys, compare, deferred
 from edgepack.compare import golden_tolerances as subset_tolerances
 from edgepack.config import BuildConfig
 from edgepack.data import SampleSet, load_npz, seeded_inputs
 from edgepack.errors import ConversionError, EdgepackError, InputError, UsageError
+from edgepack.isolation import JobOutcome, JobSpec, Worker, execute, in_process
 from edgepack.profiles import PRECISIONS, Profile, resolve_targets
 from edgepack.runners.base import Arrays, run_samples
 from edgepack.signature import Signature
@@ -51,6 +52,7 @@ class BundleResult:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     conversion_failed: bool = False
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,7 +60,7 @@ class BundleResult:
             "status": self.status, "reason": self.reason,
             "path": self.path.name if self.path else None, "bytes": self.bytes,
             "metrics": self.metrics, "failures": self.failures,
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "steps": self.steps,
         }
 
 
@@ -88,9 +90,12 @@ def _plan(cfg: BuildConfig, profiles: list[Profile]) -> list[tuple[Profile, str]
         if "all" in wanted:
             wanted = list(profile.precisions)
         for precision in wanted:
+            if precision == "auto":
+                plan.append((profile, precision))
+                continue
             if precision not in PRECISIONS:
                 raise UsageError(f"unknown precision {precision!r}; use one of "
-                                 f"{', '.join(PRECISIONS)} or all")
+                                 f"{', '.join(PRECISIONS)}, all or auto")
             if precision not in profile.precisions:
                 raise UsageError(f"target {profile.name} does not support {precision}; it "
                                  f"supports {', '.join(profile.precisions)}")
@@ -155,8 +160,13 @@ def _write_bundle(
     out: Path, name: str, source: SourceModel, profile: Profile, precision: str,
     backend: Any, artifact: Artifact, result: ValidationResult,
     golden: tuple[Arrays, Arrays], cfg: BuildConfig, data_origin: str,
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     stage = bd.staging(out, name)
+    # golden I/O travels in the artifact's own layout (NHWC for TFLite, ...)
+    to_artifact = getattr(backend, "golden_io", None)
+    if to_artifact is not None:
+        golden = to_artifact(artifact, *golden)
     try:
         for rel in artifact.files:
             dst = stage / rel
@@ -179,7 +189,12 @@ def _write_bundle(
             bd.file_entry(stage, "reference/outputs.npz", "golden-outputs"),
             bd.file_entry(stage, "bench.py", "harness"),
             bd.file_entry(stage, bd.HARNESS_LIB, "harness"),
+            bd.file_entry(stage, "requirements.txt", "requirements"),
+            bd.file_entry(stage, "README.md", "readme"),
         ]
+        listed = {e["path"] for e in entries}
+        entries += [bd.file_entry(stage, rel, "extra") for rel in bd.files_of(stage)
+                    if rel not in listed]
         validation = result.to_dict()
         validation["data"] = data_origin
         golden_n = len(next(iter(golden[0].values())))
@@ -205,6 +220,8 @@ def _write_bundle(
             },
             seed=cfg.seed,
         )
+        if selection is not None:
+            manifest["selection"] = selection
         mf.write(manifest, stage)
         return bd.commit(stage, out / name)
     except BaseException:
@@ -237,6 +254,7 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
     sig = source.signature
     model_name = cfg.name or source.name
     evals = _eval_set(cfg, sig)
+    # auto tries int8 only when calibration data is given; explicit int8 requires it
     calib = _calib_set(cfg, sig, needed=any(p == "int8" for _, p in plan))
     bd.prepare_out(cfg.out)
     say("reference outputs from the source model")
@@ -251,80 +269,146 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
             from None
     golden = _golden(cfg, evals, eval_ref, sig.batch)
     work_root = bd.staging(cfg.out, "work")
-    cache: dict[str, Any] = {"root": work_root}
+    worker = None if in_process() else Worker(work_root)
+    local: tuple[dict, dict] = ({}, {})  # sources, cache for in-process runs
+
+    def attempt(profile: Profile, precision: str, name: str) -> tuple[JobSpec, JobOutcome]:
+        spec = JobSpec(
+            model=cfg.model, inputs=list(cfg.inputs), outputs=cfg.outputs,
+            profile=profile, precision=precision, workdir=work_root / name,
+            cache_root=work_root, tolerances=_tolerances(cfg, profile, precision),
+            int8=cfg.int8, task=cfg.task, eval_inputs=evals.inputs,
+            calib_inputs=calib.inputs if calib and precision == "int8" else None,
+            calib_reference=calib_ref if precision == "int8" else None,
+            calib_origin=calib.origin if calib else "",
+        )
+        spec.workdir.mkdir(parents=True)
+        report = partial(_tagged, say, f"{profile.name}/{precision}")
+        if worker is None:
+            return spec, execute(spec, *local, report)
+        return spec, worker.run(spec, cfg.timeout, report)
+
+    ctx = _Context(cfg, source, evals, eval_ref, golden)
     results = []
     try:
         for profile, precision in plan:
-            name = f"{model_name}-{profile.name}-{precision}"
-            tolerances = _tolerances(cfg, profile, precision)
             started = time.monotonic()
-            tag = f"{profile.name}/{precision}"
-            job = Job(
-                source=source, profile=profile, precision=precision,
-                workdir=work_root / name, tolerances=tolerances, calib=calib,
-                calib_reference=calib_ref, int8=cfg.int8, task=cfg.task, cache=cache,
-                progress=lambda m, tag=tag: say(f"{tag}: {m}"),
-            )
-            job.workdir.mkdir(parents=True)
-            results.append(_build_one(job, name, cfg, evals, eval_ref, golden, started))
+            if precision == "auto":
+                results.append(_auto(ctx, profile, model_name, attempt, calib is not None,
+                                     started))
+                continue
+            name = f"{model_name}-{profile.name}-{precision}"
+            spec, outcome = attempt(profile, precision, name)
+            result = _judge(ctx, spec, outcome)
+            results.append(_finish(ctx, spec, outcome, result, name, started))
     finally:
+        if worker is not None:
+            worker.stop()
         shutil.rmtree(work_root, ignore_errors=True)
+        bd.finish_out(cfg.out)
     summary = BuildSummary(model=model_name, bundles=results, out=cfg.out)
     write_summary(summary)
     return summary
 
 
-def _build_one(job: Job, name: str, cfg: BuildConfig, evals: SampleSet, eval_ref: Arrays,
-               golden: tuple[Arrays, Arrays], started: float) -> BundleResult:
-    profile, precision = job.profile, job.precision
-    res = BundleResult(name=name, target=profile.name, precision=precision, status="failed")
-    backend = get_backend(profile.backend)
-    try:
-        artifact = backend.build(job)
-    except (EdgepackError, Exception) as e:  # one bundle's failure never stops the others
-        res.reason = f"conversion failed: {_one_line(e) if not isinstance(e, EdgepackError) else e}"
+@dataclass
+class _Context:
+    """What every bundle of one build is judged and written with."""
+
+    cfg: BuildConfig
+    source: SourceModel
+    evals: SampleSet
+    eval_ref: Arrays
+    golden: tuple[Arrays, Arrays]
+
+
+def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
+          have_calib: bool, started: float) -> BundleResult:
+    """--precision auto: the profile's precisions in its order (smallest first); keep
+    the first whose artifact passes (or is deferred with passing proxy metrics)."""
+    order = list(profile.auto_order or reversed(profile.precisions))
+    tried: list[dict[str, Any]] = []
+    last: tuple | None = None
+    for precision in order:
+        if precision == "int8" and not have_calib:
+            tried.append({"precision": precision, "status": "skipped",
+                          "reason": "no calibration data (--calib)"})
+            continue
+        name = f"{model_name}-{profile.name}-{precision}"
+        spec, outcome = attempt(profile, precision, f"auto-{name}")
+        result = _judge(ctx, spec, outcome)
+        size = None
+        if outcome.artifact is not None:
+            size = sum(p.stat().st_size for p in outcome.artifact.folder.rglob("*")
+                       if p.is_file())
+        tried.append({"precision": precision, "status": result.status,
+                      "reason": result.reason, "bytes": size})
+        last = (spec, outcome, result, name)
+        if result.status in ("passed", "deferred"):
+            break
+    if last is None:
+        return BundleResult(name=f"{model_name}-{profile.name}-auto", target=profile.name,
+                            precision="auto", status="failed",
+                            reason="no precision could be tried", conversion_failed=True)
+    spec, outcome, result, name = last
+    chosen = spec.precision if result.status != "failed" else None
+    selection = {
+        "mode": "auto", "order": order, "candidates": tried, "chosen": chosen,
+        "why": (f"{chosen}: the first of the profile's order whose artifact met the "
+                "tolerances" if chosen else "no candidate met the tolerances"),
+    }
+    return _finish(ctx, spec, outcome, result, name, started, selection)
+
+
+def _judge(ctx: _Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:
+    """The artifact's outputs against the source model's, under the bundle's tolerances."""
+    tol = spec.tolerances
+    if outcome.artifact is None:
+        return ValidationResult(status="failed", metrics={}, tolerances=tol, samples=0,
+                                reason=f"conversion failed: {outcome.conversion_error}")
+    if outcome.run_error is not None:
+        return ValidationResult(status="failed", metrics={}, tolerances=tol,
+                                samples=ctx.evals.count, reason=outcome.run_error)
+    if outcome.deferred is not None and outcome.candidate is None:
+        return deferred(outcome.deferred, tol)
+    result = compare(ctx.eval_ref, outcome.candidate, tol, labels=ctx.evals.labels,
+                     task=ctx.cfg.task)
+    if outcome.deferred is not None:
+        proxy = f"proxy metrics from {outcome.proxy_name}"
+        if result.passed:
+            return deferred(f"{outcome.deferred}; {proxy}", tol, metrics=result.metrics,
+                            samples=result.samples)
+        result.proxy = True
+        result.reason = f"{proxy} miss the tolerance: {result.reason}"
+    return result
+
+
+def _tagged(say: Progress, tag: str, msg: str) -> None:
+    say(f"{tag}: {msg}")
+
+
+def _finish(ctx: _Context, spec: JobSpec, outcome: JobOutcome, result: ValidationResult,
+            name: str, started: float, selection: dict[str, Any] | None = None
+            ) -> BundleResult:
+    """Write the bundle (when there is an artifact) and summarize it."""
+    profile, precision = spec.profile, spec.precision
+    res = BundleResult(name=name, target=profile.name, precision=precision,
+                       status=result.status, steps=dict(outcome.steps))
+    res.reason = result.reason or ("; ".join(result.failures) if result.failures else None)
+    if outcome.artifact is None:
         res.conversion_failed = True
-        if not isinstance(e, EdgepackError) and os.environ.get("EDGEPACK_DEBUG"):
-            traceback.print_exc()
         res.seconds = time.monotonic() - started
         return res
-    job.progress("validating against the source outputs")
-    try:
-        runner = backend.runner(artifact)
-        candidate = run_samples(runner, evals.inputs, job.source.signature.batch)
-        result = compare(eval_ref, candidate, job.tolerances, labels=evals.labels, task=job.task)
-    except Deferred as d:
-        result = _deferred_result(d, evals, eval_ref, job)
-    except Exception as e:
-        result = ValidationResult(status="failed", metrics={}, tolerances=job.tolerances,
-                                  samples=evals.count, failures=[],
-                                  reason=f"the artifact failed to run: {_one_line(e)}")
-    job.progress("writing the bundle")
-    path = _write_bundle(cfg.out, name, job.source, profile, precision, backend, artifact,
-                         result, golden, cfg, evals.origin)
-    res.status = result.status
-    res.reason = result.reason or ("; ".join(result.failures) if result.failures else None)
+    backend = get_backend(profile.backend)
+    path = _write_bundle(ctx.cfg.out, name, ctx.source, profile, precision, backend,
+                         outcome.artifact, result, ctx.golden, ctx.cfg, ctx.evals.origin,
+                         selection)
     res.failures = list(result.failures)
     res.metrics = result.metrics
     res.path = path
     res.bytes = sum(artifact_bytes(path))
     res.seconds = time.monotonic() - started
     return res
-
-
-def _deferred_result(d: Deferred, evals: SampleSet, eval_ref: Arrays, job: Job
-                     ) -> ValidationResult:
-    """Deferred to the device; with proxy metrics when a proxy runner exists."""
-    if d.proxy is None:
-        return deferred(d.reason, job.tolerances)
-    candidate = run_samples(d.proxy, evals.inputs, job.source.signature.batch)
-    proxy = compare(eval_ref, candidate, job.tolerances, labels=evals.labels, task=job.task)
-    if not proxy.passed:
-        proxy.proxy = True
-        proxy.reason = f"proxy ({d.proxy_name}) misses the tolerance: {proxy.reason}"
-        return proxy
-    return deferred(f"{d.reason}; proxy metrics from {d.proxy_name}", job.tolerances,
-                    metrics=proxy.metrics, samples=proxy.samples)
 
 
 def artifact_bytes(bundle: Path) -> list[int]:
@@ -439,3 +523,35 @@ def inspect(target: str, inputs: list | None = None) -> dict[str, Any]:
                          for t in model.graph.initializer})
         info["weight_dtypes"] = dtypes
     return info
+
+
+# ---------------------------------------------------------------- CI gate and report
+
+# Imported here, not at the top, to keep this CI section in one place.
+from edgepack import gate as gate_rules  # noqa: E402
+from edgepack import report_data  # noqa: E402
+
+
+def gate(paths: list[Path], baseline: Path | None = None,
+         limits: gate_rules.Limits | None = None) -> list[gate_rules.Verdict]:
+    """`validate` with verdicts: the host checks, then (with a baseline) the regression
+    rules of edgepack.gate. Returns one gate.Verdict per bundle, missing ones included."""
+    checks = validate(paths)
+    new = [(gate_rules.record_from_manifest(mf.read(c.bundle), c.bundle), c.status, c.lines)
+           for c in checks]
+    old = None
+    if baseline is not None:
+        old = gate_rules.load_records(baseline)
+        for p in paths:  # conversions that failed left no folder, only a summary entry
+            if not (p / mf.MANIFEST).is_file() and (p / SUMMARY).is_file():
+                failed = gate_rules.load_records(p).values()
+                new += [(r, r.status, [f"{r.name}: {r.reason or 'failed'}"])
+                        for r in failed if r.folder is None and r.status == "failed"]
+    return gate_rules.judge(new, old, limits)
+
+
+def report(dist: Path, results: Path | None = None, host_runs: int = 100
+           ) -> report_data.Report:
+    """Everything the report shows: bundles, host latency measured here with each
+    bundle's own harness, and device results (harness JSON files) from RESULTS."""
+    return report_data.collect(dist, results, host_runs)

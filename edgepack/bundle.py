@@ -1,8 +1,9 @@
 """Bundle folders: atomic writing and integrity checks.
 
-A bundle is assembled in ``OUT/.partial/`` and renamed into place only when
-complete, so an interrupted build never leaves a half bundle under its final
-name; the next build clears what an interrupted one left in ``.partial``.
+A bundle is assembled beside OUT, in ``.OUT.partial/`` (same file system, so the
+final rename is atomic), and renamed into place only when complete: an
+interrupted build never leaves a half bundle, or any folder without a manifest,
+in OUT; the next build clears what an interrupted one left behind.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 from edgepack import manifest as mf
 from edgepack.errors import InputError, UsageError
 
-PARTIAL = ".partial"
 HARNESS_DIR = Path(__file__).parent / "harness"
 HARNESS_LIB = "edgepack_harness.py"
 
@@ -31,11 +31,24 @@ def prepare_out(out: Path) -> None:
         probe.close()
     except OSError as e:
         raise UsageError(f"cannot write to --out {out}: {e.strerror}") from None
-    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    shutil.rmtree(partial_dir(out), ignore_errors=True)
+
+
+def partial_dir(out: Path) -> Path:
+    out = out.absolute()
+    return out.parent / f".{out.name}.partial"
+
+
+def finish_out(out: Path) -> None:
+    """Remove the staging folder once nothing is left in it."""
+    try:
+        partial_dir(out).rmdir()
+    except OSError:
+        pass
 
 
 def staging(out: Path, name: str) -> Path:
-    parent = out / PARTIAL
+    parent = partial_dir(out)
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=parent))
 
@@ -89,7 +102,19 @@ def verify(folder: Path) -> list[str]:
             problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
         elif mf.sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    listed = {e["path"] for e in manifest["artifacts"]} | {mf.MANIFEST}
+    problems += [f"{rel}: not listed in the manifest" for rel in files_of(folder)
+                 if rel not in listed and not _device_output(rel)]
     return problems
+
+
+DEVICE_OUTPUTS = ("results/",)  # what a device run may add: harness JSON, engines
+DEVICE_SUFFIXES = (".engine", ".plan", ".timing.cache")
+
+
+def _device_output(rel: str) -> bool:
+    return rel.startswith(DEVICE_OUTPUTS) or rel.endswith(DEVICE_SUFFIXES) \
+        or "__pycache__" in rel
 
 
 def find_bundles(paths: list[Path]) -> list[Path]:

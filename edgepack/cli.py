@@ -72,7 +72,8 @@ def _progress(quiet: bool):
 @click.argument("model", required=False)
 @click.option("--target", "targets", multiple=True, help="onnx | profile name | profile.yaml | all")
 @click.option("--precision", "precisions", multiple=True,
-              help="fp32 | fp16 | int8 | int8-dynamic | all (default: the profile's)")
+              help="fp32 | fp16 | int8 | int8-dynamic | all | auto (smallest that passes); "
+                   "default: the profile's")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
               help="Input shape for torch sources, e.g. input:1x3x224x224:float32")
 @click.option("--output", "outputs", multiple=True, help="Output names (torch sources).")
@@ -85,10 +86,12 @@ def _progress(quiet: bool):
 @click.option("--seed", type=int)
 @click.option("--allow-random-calibration", is_flag=True, default=None,
               help="Calibrate int8 on seeded random data (accuracy numbers will mislead).")
+@click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Per bundle (conversion + validation); default 1800.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True)
 def build(model, targets, precisions, inputs, outputs, calib, eval_, task, tolerances,
-          config_file, out, seed, allow_random_calibration, as_json, quiet) -> None:
+          config_file, out, seed, allow_random_calibration, timeout, as_json, quiet) -> None:
     """Convert MODEL for each target and precision, validate, and write bundles."""
     from edgepack.compare import parse_tolerance_option
     from edgepack.config import make_config
@@ -102,6 +105,7 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
         calib=calib, eval=eval_, task=task,
         tolerances=dict(parse_tolerance_option(t) for t in tolerances),
         out=out, seed=seed, allow_random_calibration=allow_random_calibration,
+        timeout=timeout,
     )
     say, status = _progress(quiet or as_json)
     try:
@@ -122,22 +126,105 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="Previous dist (or its summary.json) to compare with: bundles pair by "
+                   "target and precision.")
+@click.option("--max-drop", "max_drop", multiple=True, metavar="METRIC=VALUE",
+              help="Largest allowed drop vs the baseline, repeatable; METRIC=off disables one. "
+                   "task_accuracy in points (default 0.5); top1_agreement, top5_agreement, "
+                   "cosine_min, cosine_mean as fractions (defaults top1_agreement=0.01, "
+                   "cosine_min=0.01); snr_db in dB.")
+@click.option("--max-size-growth", metavar="FRACTION|PCT%",
+              help="Largest allowed model size growth vs the baseline: 0.1 or 10% (default), "
+                   "off to skip.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path),
+              help="Write JUnit XML: one test case per bundle.")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
+              help="Write a markdown summary table (also appended to $GITHUB_STEP_SUMMARY "
+                   "when that is set).")
 @click.option("--json", "as_json", is_flag=True)
-def validate(paths, as_json) -> None:
-    """CI gate: verify hashes, re-run golden inputs on the host, apply tolerances."""
-    checks = api.validate(list(paths))
+def validate(paths, baseline, max_drop, max_size_growth, junit_path, markdown_path,
+             as_json) -> None:
+    """CI gate: verify hashes, re-run golden inputs on the host, apply tolerances.
+
+    With --baseline, also fail (exit 1) when a bundle's accuracy dropped beyond
+    --max-drop, its size grew beyond --max-size-growth, its status got worse
+    (passed > deferred > failed), or a baseline bundle is missing. Each failure
+    is one line on stderr naming the bundle, the metric, old and new values.
+    """
+    from edgepack.errors import UsageError
+    from edgepack.gate import Limits, parse_max_drop, parse_size_growth
+
+    if baseline is None and (max_drop or max_size_growth):
+        raise UsageError("--max-drop and --max-size-growth compare with a baseline: "
+                         "add --baseline OLD_DIST")
+    limits = Limits(parse_max_drop(max_drop), parse_size_growth(max_size_growth))
+    verdicts = api.gate(list(paths), baseline, limits)
+    label = [v.new.folder.name if v.new is not None and v.new.folder is not None else v.name
+             for v in verdicts]
     if as_json:
-        click.echo(json.dumps([{"bundle": c.bundle.name, "status": c.status, "lines": c.lines}
-                               for c in checks], indent=2))
+        click.echo(json.dumps([{"bundle": n, "status": v.status, "lines": v.lines}
+                               for n, v in zip(label, verdicts, strict=True)], indent=2))
     else:
-        for c in checks:
-            mark = {"passed": "ok", "deferred": "deferred", "failed": "FAILED"}[c.status]
-            click.echo(f"{mark:8} {c.bundle.name}")
-    for c in checks:
-        for line in c.lines:
-            if c.status == "failed":
+        for n, v in zip(label, verdicts, strict=True):
+            mark = {"passed": "ok", "deferred": "deferred", "failed": "FAILED"}[v.status]
+            click.echo(f"{mark:8} {n}" + (" (missing)" if v.new is None else ""))
+    for v in verdicts:
+        for line in v.lines:
+            if v.status == "failed":
                 click.echo(line, err=True)
-    sys.exit(1 if any(c.status == "failed" for c in checks) else 0)
+    _write_reports(verdicts, baseline, junit_path, markdown_path)
+    sys.exit(1 if any(v.status == "failed" for v in verdicts) else 0)
+
+
+def _write_reports(verdicts, baseline, junit_path, markdown_path) -> None:
+    from edgepack.render.junit import junit_xml
+    from edgepack.render.markdown import summary_markdown
+
+    if junit_path is not None:
+        junit_path.write_text(junit_xml(verdicts))
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if markdown_path is None and not step_summary:
+        return
+    text = summary_markdown(verdicts, str(baseline) if baseline else None)
+    if markdown_path is not None:
+        markdown_path.write_text(text)
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+@main.command()
+@click.argument("dist", type=click.Path(path_type=Path))
+@click.option("--results", type=click.Path(path_type=Path),
+              help="Folder of bench.py --json results collected from devices.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Write one self-contained HTML file (no scripts, no network).")
+@click.option("--host-runs", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Timed runs of each bundle's harness on this machine; 0 skips host latency.")
+@click.option("--title", help="Page title of the HTML report.")
+def report(dist, results, html_path, host_runs, title) -> None:
+    """Table and plots of a dist: size vs accuracy, host and device latency."""
+    from edgepack.render.terminal import report_table
+
+    say, status = _progress(False)
+    if say is not None:
+        say("measuring host latency with each bundle's harness")
+    try:
+        data = api.report(dist, results, host_runs)
+    finally:
+        if status is not None:
+            status.stop()
+    # CI logs are not terminals: do not squeeze the table into 80 columns there.
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
+    out.print(report_table(data))
+    for note in data.notes:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
+    if html_path is not None:
+        from edgepack.render.html import render
+
+        html_path.write_text(render(data, title), encoding="utf-8")
+        err.print(f"wrote {html_path}", markup=False)
 
 
 @main.command()
@@ -176,6 +263,32 @@ def targets() -> None:
         table.add_row(p.name, ", ".join(p.aliases), p.backend, p.runtime["name"],
                       ", ".join(p.precisions), p.default_precision)
     stdout.print(table)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Archive path (default: BUNDLE.tar.gz beside it).")
+def pack(bundle, output) -> None:
+    """Write a bundle as a reproducible .tar.gz."""
+    from edgepack.archive import pack as pack_bundle
+
+    path = pack_bundle(bundle, output or bundle.with_name(bundle.name + ".tar.gz"))
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def verify(path) -> None:
+    """Check every file of a bundle, dist folder or archive against its manifest."""
+    from edgepack.archive import verify as verify_path
+
+    problems = verify_path(path)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok {path}")
 
 
 @main.command()

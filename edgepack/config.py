@@ -14,7 +14,7 @@ from edgepack.signature import DTYPES, LAYOUTS, TensorSpec
 CONFIG_KEYS = {
     "model", "name", "inputs", "outputs", "calib", "eval", "task", "targets", "precisions",
     "tolerances", "out", "seed", "samples", "golden_samples", "int8",
-    "allow_random_calibration",
+    "allow_random_calibration", "timeout",
 }
 INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds"}
 TASKS = ("classification", "regression", None)
@@ -38,6 +38,7 @@ class BuildConfig:
     golden_samples: int = 16
     int8: dict[str, Any] = field(default_factory=dict)
     allow_random_calibration: bool = False
+    timeout: float = 1800.0  # seconds per bundle (conversion + validation)
 
 
 def _spec(entry: Any, where: str) -> TensorSpec:

@@ -19,6 +19,10 @@ def fp32_onnx(job: Job) -> Path:
     from edgepack.backends.passes.onnx_cleanup import cleanup_onnx
 
     folder = job.cache.setdefault("root", job.workdir.parent) / f"fp32-opset{job.profile.opset}"
+    done = folder / "model.onnx"
+    if (folder / ".complete").exists():  # made by an earlier worker of this build
+        job.cache[key] = done
+        return done
     folder.mkdir(parents=True, exist_ok=True)
     fixed = {t.name: list(t.concrete_shape()) for t in job.source.signature.inputs}
     if job.source.onnx_path is not None:
@@ -30,6 +34,7 @@ def fp32_onnx(job: Job) -> Path:
         raw = export_torch(job.source, folder / "exported.onnx", opset=job.profile.opset)
     job.progress("cleaning the onnx graph")
     static = job.profile.static_shapes or job.source.signature.inputs[0].is_static
-    path = cleanup_onnx(raw, folder / "model.onnx", fixed_shapes=fixed if static else None)
+    path = cleanup_onnx(raw, done, fixed_shapes=fixed if static else None)
+    (folder / ".complete").touch()
     job.cache[key] = path
     return path

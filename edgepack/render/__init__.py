@@ -1,0 +1,1 @@
+"""Renderings of validate and report results: JUnit XML, markdown, terminal, HTML."""
