@@ -34,6 +34,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own help/usage handling, with its own exit codes
         except Exception as e:  # a bug of ours: still one line unless --debug
             if os.environ.get("EDGEPACK_DEBUG"):
                 raise
