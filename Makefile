@@ -9,10 +9,12 @@ STAMP := $(VENV)/.edgepack-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/setup_onnx2tf.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	$(PY) -m pip check
+	# onnx2tf pins versions that conflict with ours: it gets its own environment
+	bash scripts/setup_onnx2tf.sh $(PYTHON)
 	@touch $@
 
 demo: setup

@@ -247,8 +247,10 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
     check_tolerance_keys(cfg.tolerances)
     profiles = resolve_targets(cfg.targets)
     plan = _plan(cfg, profiles)
-    for profile in profiles:
-        get_backend(profile.backend)  # unknown backend -> usage error before any work
+    for profile, precision in plan:  # bad options -> usage error before any work
+        check = getattr(get_backend(profile.backend), "check", None)
+        if check is not None and precision != "auto":
+            check(profile, precision)
     say("loading the source model")
     source = load_source(cfg.model, inputs=cfg.inputs, outputs=cfg.outputs)
     sig = source.signature

@@ -74,3 +74,10 @@ class Backend(Protocol):
     def runner(self, artifact: Artifact) -> Runner:
         """A host runner for the artifact, or raise Deferred(reason)."""
         ...
+
+
+# Optional hooks a backend may define (looked up with getattr by api.py):
+#   check(profile, precision) -> None
+#       raise UsageError for bad profile options before any work starts.
+#   golden_io(artifact, inputs, outputs) -> (inputs, outputs)
+#       golden arrays (source layout) -> the artifact's own layout/dtypes.

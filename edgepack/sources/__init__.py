@@ -25,6 +25,10 @@ REGISTRY: tuple[LoaderEntry, ...] = (
                 suffixes=(".pt", ".pth")),
     LoaderEntry("torch.export", ".pt2 (torch.export)", "edgepack.sources.torch_export",
                 suffixes=(".pt2",)),
+    LoaderEntry("keras", ".keras/.h5 (Keras)", "edgepack.sources.keras",
+                suffixes=(".keras", ".h5")),
+    LoaderEntry("savedmodel", "SavedModel folder", "edgepack.sources.savedmodel",
+                folder_marker="saved_model.pb"),
 )
 
 PYTHON_ENTRY_LABEL = "file.py:callable, pkg.module:callable"

@@ -1,0 +1,103 @@
+"""Pass: a TensorFlow function (Keras model, SavedModel, onnx2tf output) -> .tflite.
+
+One ``tf.lite.TFLiteConverter`` recipe per precision:
+  fp32          builtin ops only (a model needing Flex/Select-TF ops fails here,
+                not on the device)
+  fp16          float16 weights, float compute and I/O
+  int8-dynamic  dynamic range: int8 weights, activations quantized at run time
+  int8          full integer, calibrated on the calibration set (artifact layout);
+                I/O float (default) or int8/uint8 for MCUs and NPUs
+
+The function is traced with the artifact's static input shapes and names, and
+returns a dict keyed by the source's output names, so the .tflite signature
+carries the source's tensor names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack.backends.passes.tflite_common import import_tensorflow, last_error_line, quiet
+from edgepack.errors import ConversionError
+from edgepack.signature import TensorSpec
+
+IO_TYPES = ("float", "int8", "uint8")
+
+
+def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
+                      output_names: Sequence[str]) -> Any:
+    """Trace ``call(*tensors) -> tensor | list | dict`` with static, named input specs."""
+    tf = import_tensorflow()
+    specs = [tf.TensorSpec(tuple(int(d) for d in s.concrete_shape()), tf.as_dtype(s.dtype),
+                           name=s.name) for s in inputs]
+
+    def wrapped(*args: Any) -> dict[str, Any]:
+        out = call(*args)
+        if isinstance(out, dict):
+            values = list(out.values())
+        elif isinstance(out, (list, tuple)):
+            values = list(out)
+        else:
+            values = [out]
+        if len(values) != len(output_names):
+            raise ConversionError(f"the TensorFlow model returns {len(values)} outputs, "
+                                  f"expected {len(output_names)}")
+        return {n: tf.identity(v, name=n) for n, v in zip(output_names, values, strict=True)}
+
+    with quiet():
+        return tf.function(wrapped, input_signature=specs).get_concrete_function()
+
+
+def convert(fn: Any, out_path: Path, precision: str,
+            calib: Sequence[dict[str, np.ndarray]] | None = None, io_type: str = "float",
+            input_names: Sequence[str] = (), trackable: Any = None) -> dict[str, Any] | None:
+    """Convert a concrete function; returns the quantization record (None for float)."""
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    record: dict[str, Any] | None = None
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8-dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        record = {"method": "dynamic-range", "tool": "tf.lite.TFLiteConverter",
+                  "weights": "int8 per-channel", "activations": "float (quantized at run time)"}
+    elif precision == "int8":
+        if not calib:
+            raise ConversionError("full-integer int8 needs calibration data (--calib)")
+        if io_type not in IO_TYPES:
+            raise ConversionError(f"unknown int8 I/O type {io_type!r}; use one of {IO_TYPES}")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        names = list(input_names)
+
+        def representative() -> Any:
+            for feeds in calib:
+                yield [np.asarray(feeds[n], dtype=np.float32) if feeds[n].dtype.kind == "f"
+                       else feeds[n] for n in names]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type != "float":
+            dtype = tf.int8 if io_type == "int8" else tf.uint8
+            converter.inference_input_type = dtype
+            converter.inference_output_type = dtype
+        record = {"method": "full-integer", "tool": "tf.lite.TFLiteConverter",
+                  "calibration_samples": len(calib), "per_channel": True,
+                  "symmetric": "weights", "activations": "int8 asymmetric",
+                  "io_type": io_type, "nodes_in_float": []}
+    elif precision != "fp32":
+        raise ConversionError(f"the TFLite converter does not build {precision!r}")
+    tail: list[str] = []
+    try:
+        with quiet(tail):
+            blob = converter.convert()
+    except Exception as e:
+        raise ConversionError(f"TFLiteConverter failed ({precision}): "
+                              f"{last_error_line(e, tail)}") from e
+    Path(out_path).write_bytes(blob)
+    return record

@@ -1,0 +1,512 @@
+"""Backend ``tensorrt``: TensorRT-ready ONNX for NVIDIA Jetson, engine built on the device.
+
+A TensorRT engine is tied to the TensorRT version and GPU that built it, so the
+bundle carries the ONNX TensorRT will accept, ``build_engine.sh`` (the exact
+trtexec command for the profile's TensorRT) and ``bench.py``, which builds,
+checks and times the engine on the Jetson.
+
+Recipes (one TensorRT-ready fp32 graph: folded, static shapes or an
+optimization profile, opset/IR the profile's TensorRT reads):
+  fp32  that graph; engine built with --noTF32 (true fp32 on Ampere)
+  fp16  the same graph; engine built with --fp16
+  int8  explicit quantization: symmetric int8 Q/DQ (zero points 0), activations
+        calibrated on --calib, per-channel weights on the output-channel axis,
+        through the accuracy-aware search (layers kept in float when they hurt),
+        then TensorRT's Q/DQ placement (passes/trt_qdq.py); built with --int8
+        (+ --fp16 for the float layers unless the profile says fp32).
+
+Host validation: this machine has no TensorRT/GPU, so ``runner`` raises
+Deferred with ONNX Runtime on the exact shipped ONNX as the proxy (fp16: a
+copy converted to fp16, so fp16 rounding is simulated). Where TensorRT and a
+GPU are present, the engine is built and run for real instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.backends.onnx import calibration_judge, search_tolerances
+from edgepack.backends.shared import fp32_onnx
+from edgepack.errors import ConversionError, UsageError
+from edgepack.runners.base import Arrays, Runner, run_samples
+from edgepack.signature import Signature, TensorSpec
+
+TOOLCHAIN = ["torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common"]
+HARNESS_DIR = Path(__file__).resolve().parent.parent / "harness"
+BUILD_SCRIPT = "build_engine.sh"
+ENGINE = "model.engine"
+DEFERRED_REASON = ("TensorRT engines are built and checked on the Jetson (bench.py); "
+                   "this host has no TensorRT/GPU")
+#: Newest ONNX opset each TensorRT release's parser reads.
+MAX_OPSET = {"8": 17, "10": 20}
+OPTION_KEYS = {"tensorrt", "max_opset", "workspace_mib", "dla_core", "gpu_fallback",
+               "int8_float_fallback", "shapes", "timing_cache"}
+INT8_FORMAT = "qdq-s8s8"
+PLACEMENT = ("TensorRT explicit quantization: Q/DQ on the activation inputs of "
+             "Conv/ConvTranspose/Gemm/MatMul and on both inputs of residual Adds only; "
+             "int8 weights through per-channel DequantizeLinear on the output-channel axis; "
+             "float biases; every zero point 0; one DequantizeLinear per consumer")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The profile's ``options:`` for this backend, checked."""
+
+    tensorrt: str
+    max_opset: int
+    workspace_mib: int = 1024
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    int8_float_fallback: str = "fp16"
+    shapes: dict[str, dict[str, list[int]]] | None = None
+    timing_cache: bool = True
+
+
+def settings_for(profile: Any, precision: str) -> Settings:
+    """Read and check ``profile.options`` (one-line UsageError naming the key)."""
+    opts = dict(profile.options)
+    where = f"profile {profile.name}: options"
+    unknown = sorted(set(opts) - OPTION_KEYS)
+    if unknown:
+        raise UsageError(f"{where}: unknown keys {unknown}; known: "
+                         f"{', '.join(sorted(OPTION_KEYS))}")
+    trt = str(opts.get("tensorrt", "")).strip()
+    if not trt or not trt.split(".")[0].isdigit():
+        raise UsageError(f"{where}.tensorrt must name the device's TensorRT version, e.g. '10.3'")
+    major = trt.split(".")[0]
+    max_opset = opts.get("max_opset", MAX_OPSET.get(major, 17))
+    workspace = opts.get("workspace_mib", 1024)
+    if not isinstance(max_opset, int) or not isinstance(workspace, int) or workspace < 1:
+        raise UsageError(f"{where}: max_opset and workspace_mib must be positive integers")
+    dla = opts.get("dla_core")
+    cores = int(profile.device.get("dla_cores", 0) or 0)
+    if dla is not None:
+        if not isinstance(dla, int) or not 0 <= dla < max(cores, 0) or isinstance(dla, bool):
+            raise UsageError(f"{where}.dla_core {dla!r}: {profile.name} has {cores} DLA core(s)"
+                             + (f"; use 0..{cores - 1}" if cores else "; remove dla_core"))
+        if precision == "fp32":
+            raise UsageError(f"{where}.dla_core: the DLA runs fp16 and int8 only, not fp32")
+    fallback = opts.get("int8_float_fallback", "fp16")
+    if fallback not in ("fp16", "fp32"):
+        raise UsageError(f"{where}.int8_float_fallback must be fp16 or fp32")
+    shapes = opts.get("shapes") or None
+    if shapes is not None:
+        shapes = _check_shapes(shapes, where)
+    return Settings(tensorrt=trt, max_opset=max_opset, workspace_mib=workspace, dla_core=dla,
+                    gpu_fallback=bool(opts.get("gpu_fallback", True)),
+                    int8_float_fallback=fallback, shapes=shapes,
+                    timing_cache=bool(opts.get("timing_cache", True)))
+
+
+def _check_shapes(shapes: Any, where: str) -> dict[str, dict[str, list[int]]]:
+    if not isinstance(shapes, dict):
+        raise UsageError(f"{where}.shapes: expected {{input: {{min: [...], opt: [...], "
+                         "max: [...]}}}")
+    out = {}
+    for name, spec in shapes.items():
+        ok = isinstance(spec, dict) and set(spec) == {"min", "opt", "max"} and all(
+            isinstance(spec[k], list) and spec[k] and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec[k])
+            for k in ("min", "opt", "max"))
+        if not ok or not len(spec["min"]) == len(spec["opt"]) == len(spec["max"]):
+            raise UsageError(f"{where}.shapes.{name}: needs min, opt and max: lists of positive "
+                             "integers of one rank")
+        if not all(a <= b <= c for a, b, c in zip(spec["min"], spec["opt"], spec["max"],
+                                                  strict=True)):
+            raise UsageError(f"{where}.shapes.{name}: needs min <= opt <= max in every dim")
+        out[str(name)] = {k: [int(d) for d in spec[k]] for k in ("min", "opt", "max")}
+    return out
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def _dims(shape: list[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _shape_arg(name: str) -> str:
+    return f"'{name}'" if ":" in name else name
+
+
+def trtexec_flags(s: Settings, precision: str) -> list[str]:
+    """The trtexec build flags for this precision and profile (TensorRT 8.5 and 10.x)."""
+    flags = {"fp32": ["--noTF32"], "fp16": ["--fp16"],
+             "int8": ["--int8"] + (["--fp16"] if s.int8_float_fallback == "fp16" else [])
+             }[precision]
+    if s.dla_core is not None:
+        flags.append(f"--useDLACore={s.dla_core}")
+        if s.gpu_fallback:
+            flags.append("--allowGPUFallback")
+    for key in ("min", "opt", "max"):
+        if s.shapes:
+            flags.append(f"--{key}Shapes=" + ",".join(
+                f"{_shape_arg(n)}:{_dims(v[key])}" for n, v in s.shapes.items()))
+    flags.append(f"--memPoolSize=workspace:{s.workspace_mib}")
+    if s.timing_cache:
+        flags.append("--timingCacheFile=model.timing.cache")
+    # build only, no timing run: --buildOnly up to TensorRT 8.6, --skipInference from 8.6 on
+    flags.append("--buildOnly" if int(s.tensorrt.split(".")[0]) < 10 else "--skipInference")
+    return flags
+
+
+def builder_flags(s: Settings, precision: str) -> list[str]:
+    """The same precision choice for the TensorRT Python API (BuilderFlag names)."""
+    return {"fp32": [], "fp16": ["FP16"],
+            "int8": ["INT8"] + (["FP16"] if s.int8_float_fallback == "fp16" else [])}[precision]
+
+
+def render_build_script(path: Path, target: str, s: Settings, precision: str) -> None:
+    template = (HARNESS_DIR / "build_engine.sh.in").read_text()
+    lines = "".join(f"  {shlex.quote(f)} \\\n" for f in trtexec_flags(s, precision))
+    text = (template.replace("@@FLAGS@@\n", lines).replace("@@TARGET@@", target)
+            .replace("@@PRECISION@@", precision).replace("@@TENSORRT@@", s.tensorrt))
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def _fixed_shapes(job: Job, model_inputs: dict[str, list], s: Settings) -> dict[str, list[int]]:
+    """Dynamic inputs without an optimization profile get the signature's run shape."""
+    sig = job.source.signature
+    fixed: dict[str, list[int]] = {}
+    for name in s.shapes or {}:
+        if name not in model_inputs:
+            raise UsageError(f"profile {job.profile.name}: options.shapes.{name}: the model has "
+                             f"no input {name!r}; inputs: {', '.join(model_inputs)}")
+    for name, dims in model_inputs.items():
+        dynamic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+        spec = s.shapes.get(name) if s.shapes else None
+        run = list(sig.input(name).concrete_shape()) if name in sig.input_names else None
+        if spec is not None:
+            if len(spec["min"]) != len(dims) or any(
+                    isinstance(d, int) and not spec["min"][i] == spec["max"][i] == d
+                    for i, d in enumerate(dims)):
+                raise UsageError(f"profile {job.profile.name}: options.shapes.{name} does not fit "
+                                 f"the model's input of shape {dims}")
+            if run and not all(a <= r <= b for a, r, b in zip(spec["min"], run, spec["max"],
+                                                              strict=True)):
+                raise UsageError(f"profile {job.profile.name}: options.shapes.{name}: the run "
+                                 f"shape {run} is outside min..max")
+            continue
+        if not dynamic:
+            continue
+        if dynamic != [0] or run is None:
+            raise UsageError(f"input {name!r} has dynamic dims {dims}: TensorRT needs static "
+                             f"shapes (--input {name}:1x...) or options.shapes (min/opt/max) in "
+                             "the profile")
+        fixed[name] = run
+    return fixed
+
+
+def _trt_graph(job: Job, s: Settings) -> tuple[Path, dict[str, Any]]:
+    """The TensorRT-ready fp32 graph, built once per build for equal settings."""
+    import onnx
+
+    from edgepack.backends.passes.trt_onnx import input_dims, prepare_tensorrt_onnx
+
+    base = fp32_onnx(job)
+    model_inputs = input_dims(onnx.load(str(base), load_external_data=False))
+    fixed = _fixed_shapes(job, model_inputs, s)
+    key = "tensorrt_onnx:" + json.dumps([str(base), fixed, s.max_opset], sort_keys=True)
+    if key not in job.cache:
+        folder = job.cache.setdefault("root", job.workdir.parent) / f"tensorrt-{len(job.cache)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        job.progress("folding the onnx graph for TensorRT")
+        out = folder / "model.onnx"
+        info = prepare_tensorrt_onnx(base, out, fixed_shapes=fixed, max_opset=s.max_opset)
+        info["fixed_shapes"] = fixed
+        left = sorted(set(info["dynamic_inputs"]) - set(s.shapes or {}))
+        if left:
+            raise UsageError(f"inputs {left} stay dynamic after folding: give them "
+                             "options.shapes (min/opt/max) in the profile")
+        job.cache[key] = (out, info)
+    return job.cache[key]
+
+
+def _signature(job: Job, model_path: Path, fixed: dict[str, list[int]]) -> Signature:
+    """The shipped graph's own I/O: fixed input shapes, output shapes where known."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    outs = {o.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                     else (d.dim_param or "N") for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output}
+    sig = job.source.signature
+    inputs = tuple(replace(t, shape=tuple(fixed[t.name])) if t.name in fixed else t
+                   for t in sig.inputs)
+    outputs = tuple(replace(t, shape=tuple(outs[t.name])) if outs.get(t.name) else t
+                    for t in sig.outputs) or tuple(
+        TensorSpec(name=n, shape=tuple(d)) for n, d in outs.items())
+    return Signature(inputs=inputs, outputs=outputs)
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def _int8_options(job: Job):
+    from edgepack.backends.passes.onnx_int8 import Int8Options
+    from edgepack.quantize.search import Budget
+
+    settings = {**job.profile.int8, **job.int8}
+    if settings.get("format", INT8_FORMAT) != INT8_FORMAT:
+        raise UsageError(f"profile {job.profile.name}: TensorRT takes symmetric int8 only: "
+                         f"int8.format must be {INT8_FORMAT}")
+    if settings.get("per_channel", True) is not True:
+        raise UsageError(f"profile {job.profile.name}: TensorRT int8 here uses per-channel "
+                         "weights: int8.per_channel must be true")
+    budget = Budget()
+    if "max_float_nodes" in settings:
+        budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
+    if "max_seconds" in settings:
+        budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+    opts = Int8Options(method=settings.get("method", "auto"), per_channel=True, symmetric=True,
+                       budget=budget)
+    if "percentile" in settings:
+        opts = replace(opts, percentile=float(settings["percentile"]))
+    return opts
+
+
+def _placement(model: Any) -> dict[str, Any]:
+    from edgepack.backends.passes.trt_qdq import tensorrt_placement
+
+    return tensorrt_placement(model)
+
+
+def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """Static symmetric int8 through the search, then TensorRT's Q/DQ placement."""
+    import onnx
+
+    from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS, quantize_static_int8
+    from edgepack.backends.passes.trt_onnx import graph_opset, ir_version_for
+    from edgepack.backends.passes.trt_qdq import (
+        check_tensorrt_qdq,
+        float_weighted_nodes,
+        qdq_summary,
+        tensorrt_placement,
+    )
+    from edgepack.runners.onnxruntime import OnnxRuntimeRunner
+
+    if job.calib is None or job.calib_reference is None:
+        raise UsageError("int8 needs calibration data (--calib)")
+    opts = _int8_options(job)
+    # The search scores TensorRT's placement itself when the quantizer offers the hook.
+    in_search = "transform" in {f.name for f in fields(opts)}
+    if in_search:
+        opts = replace(opts, transform=_placement)
+    key = "tensorrt_int8:" + json.dumps(
+        [str(base), repr(replace(opts, transform=None) if in_search else opts),
+         sorted(job.tolerances.items()), job.task], sort_keys=True, default=str)
+    if key in job.cache:
+        cached, record = job.cache[key]
+        shutil.copyfile(cached, out)
+        return json.loads(json.dumps(record))
+    batch = job.source.signature.batch
+    target = search_tolerances(job.tolerances)  # aim past the tolerance, as the onnx target
+    accept = calibration_judge(job, target)
+    with tempfile.TemporaryDirectory(prefix="edgepack-trt-int8-") as tmp:
+        raw = Path(tmp) / "qdq.onnx"
+        record = quantize_static_int8(base, raw, job.calib.inputs, batch, accept, opts,
+                                      progress=job.progress)
+        job.progress("placing Q/DQ for TensorRT")
+        model = onnx.load(str(raw))
+    kept = [n["name"] for n in record.get("nodes_kept_float", [])]
+    report = tensorrt_placement(model, kept)
+    floats = sorted(set(kept) | set(float_weighted_nodes(model)))
+    opset = graph_opset(model)
+    if opset > s.max_opset:
+        raise ConversionError(f"the int8 graph has opset {opset}; TensorRT {s.tensorrt} reads "
+                              f"up to {s.max_opset}")
+    model.ir_version = min(model.ir_version, ir_version_for(opset))
+    problems = check_tensorrt_qdq(model, floats)
+    if problems:
+        raise ConversionError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} "
+                              f"({len(problems)} problem(s))")
+    onnx.save_model(model, str(out))
+    onnx.checker.check_model(str(out))
+    job.progress("scoring the TensorRT placement on calibration data")
+    outputs = run_samples(OnnxRuntimeRunner(out, disabled_optimizers=SESSION_DISABLED_OPTIMIZERS),
+                          job.calib.inputs, batch)
+    passed, score = accept(outputs)
+    record = dict(record)
+    record["search_passed"], record["search_score"] = record.get("passed"), record.get("score")
+    record["passed"], record["score"] = bool(passed), round(float(score), 6)
+    record["search_tolerances"] = target
+    record["format"] = "QDQ"
+    record["activation_type"] = "int8 (symmetric, zero point 0, per tensor)"
+    record["weight_type"] = "int8 (symmetric, [-127, 127], per output channel)"
+    record["nodes_kept_float"] = record.get("nodes_kept_float") or [
+        {"name": n, "reason": "not quantized"} for n in floats]
+    record["tensorrt"] = {
+        "placement": PLACEMENT,
+        "search_scored": "the TensorRT placement" if in_search else
+        "onnxruntime's placement (the TensorRT placement is applied after the search and "
+        "re-scored on the calibration data: 'passed'/'score' above)",
+        **report,
+        **qdq_summary(model, floats),
+        "float_layers_on_device": s.int8_float_fallback,
+    }
+    job.cache[key] = (out, json.loads(json.dumps(record)))
+    return record
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class _ProxyRunner:
+    """ONNX Runtime on the shipped ONNX (fp16: an fp16 copy), session made on first use."""
+
+    def __init__(self, path: Path, fp16: bool, disabled_optimizers: tuple[str, ...]) -> None:
+        self.path, self.fp16, self.disabled = Path(path), fp16, disabled_optimizers
+        self.name = "onnxruntime-proxy"
+        self._runner: Any = None
+
+    def _load(self) -> Any:
+        from edgepack.runners.onnxruntime import OnnxRuntimeRunner
+
+        if not self.fp16:
+            return OnnxRuntimeRunner(self.path, disabled_optimizers=self.disabled)
+        from edgepack.backends.passes.onnx_fp16 import to_fp16
+
+        with tempfile.TemporaryDirectory(prefix="edgepack-trt-fp16-") as tmp:
+            half = to_fp16(self.path, Path(tmp) / "model.fp16.onnx")
+            return OnnxRuntimeRunner(half)  # the session holds the model; the file can go
+
+    def run(self, feeds: Arrays) -> Arrays:
+        if self._runner is None:
+            self._runner = self._load()
+        return self._runner.run(feeds)
+
+
+def _harness_module() -> Any:
+    """The bundle's bench.py code, shared so host and device run engines the same way."""
+    spec = importlib.util.spec_from_file_location("edgepack_bench_tensorrt",
+                                                  HARNESS_DIR / "bench_tensorrt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _host_tensorrt() -> Any:
+    """(tensorrt module, harness module) when TensorRT and a CUDA GPU are usable here."""
+    try:
+        import tensorrt as trt  # noqa: F401 - only on a user's GPU workstation
+
+        bench = _harness_module()
+        if bench.Cuda().device_count() < 1:
+            return None
+        return trt, bench
+    except Exception:
+        return None
+
+
+class _EngineRunner:
+    name = "tensorrt"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def run(self, feeds: Arrays) -> Arrays:
+        return self.engine.run(feeds)
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+    runtime = "tensorrt"
+    harness = "bench_tensorrt.py"
+
+    def check(self, profile: Any, precision: str) -> None:
+        """Profile option errors, before any work is done (UsageError, one line)."""
+        settings_for(profile, precision)
+
+    def build(self, job: Job) -> Artifact:
+        if job.precision not in ("fp32", "fp16", "int8"):
+            raise UsageError(f"the tensorrt backend builds fp32, fp16 and int8, not "
+                             f"{job.precision!r}")
+        s = settings_for(job.profile, job.precision)
+        graph, info = _trt_graph(job, s)
+        out = job.workdir / "model.onnx"
+        quantization = None
+        if job.precision == "int8":
+            quantization = _quantize(job, graph, out, s)
+        else:
+            shutil.copyfile(graph, out)
+        render_build_script(job.workdir / BUILD_SCRIPT, job.profile.name, s, job.precision)
+        from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS
+
+        options = {
+            "precision": job.precision,
+            "tensorrt": s.tensorrt,
+            "onnx": "model.onnx",
+            "engine": ENGINE,
+            "build_script": BUILD_SCRIPT,
+            "trtexec_build": ["trtexec", "--onnx=model.onnx", f"--saveEngine={ENGINE}",
+                              *trtexec_flags(s, job.precision)],
+            "builder_flags": builder_flags(s, job.precision),
+            "tf32": job.precision != "fp32",
+            "workspace_mib": s.workspace_mib,
+            "dla_core": s.dla_core,
+            "gpu_fallback": s.gpu_fallback,
+            "shapes": s.shapes or {},
+            "dynamic_inputs": sorted(s.shapes or {}),
+            "graph": {k: info[k] for k in ("opset", "ir_version", "nodes", "fixed_shapes")},
+            # the host proxy (ONNX Runtime) needs this for the int8 graph's float layers
+            "disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)
+            if job.precision == "int8" else [],
+        }
+        return Artifact(
+            folder=job.workdir,
+            files=["model.onnx", BUILD_SCRIPT],
+            signature=_signature(job, out, info["fixed_shapes"]),
+            quantization=quantization,
+            runtime_options=options,
+            toolchain=TOOLCHAIN,
+        )
+
+    def runner(self, artifact: Artifact) -> Runner:
+        opts = artifact.runtime_options
+        host = _host_tensorrt()
+        if host is not None:
+            return self._real_runner(artifact, *host)
+        precision = opts.get("precision")
+        proxy = _ProxyRunner(artifact.main, fp16=precision == "fp16",
+                             disabled_optimizers=tuple(opts.get("disabled_optimizers", ())))
+        name = {
+            "fp16": "onnxruntime-cpu on the shipped ONNX converted to fp16 (weights and "
+                    "activations rounded to fp16 as in TensorRT's fp16 layers)",
+            "int8": "onnxruntime-cpu on the shipped ONNX (its Q/DQ simulate the int8 engine; "
+                    "float layers run in fp32 here)",
+        }.get(precision, "onnxruntime-cpu on the shipped ONNX")
+        raise Deferred(DEFERRED_REASON, proxy=proxy, proxy_name=name)
+
+    @staticmethod
+    def _real_runner(artifact: Artifact, trt: Any, bench: Any) -> Runner:
+        """A GPU workstation: build an engine from the shipped ONNX here and run it.
+
+        The engine is for this GPU and TensorRT only; it is not shipped (the device
+        builds its own). The manifest says the numbers come from a real engine.
+        """
+        opts = dict(artifact.runtime_options, dla_core=None)  # no DLA on a workstation
+        folder = Path(tempfile.mkdtemp(prefix="edgepack-trt-host-"))
+        try:
+            engine = folder / ENGINE
+            bench.build_engine_python(trt, str(artifact.main), str(engine), opts)
+            runner = _EngineRunner(bench.PythonEngine(trt, str(engine)))
+        except bench.HarnessError as e:
+            raise ConversionError(f"TensorRT {trt.__version__} on this host: {e}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the runtime holds the engine
+        artifact.runtime_options["host_validation"] = (
+            f"engine built from the shipped ONNX and run with TensorRT {trt.__version__} on "
+            "this host's GPU (not shipped: the device builds its own)")
+        return runner
+
+
+BACKEND = TensorRTBackend()

@@ -1,0 +1,295 @@
+"""Backend ``tflite``: LiteRT / TFLite artifacts at fp32, fp16, int8-dynamic and int8.
+
+The route is chosen by the source format:
+  torch (nn.Module, torch.export)  -> litert-torch (PT2E quantization for int8)
+  ONNX, TorchScript (via ONNX)     -> onnx2tf (own environment, subprocess) -> SavedModel
+                                      -> tf.lite.TFLiteConverter
+  Keras .keras/.h5, SavedModel     -> tf.lite.TFLiteConverter
+
+TFLite is channel-last: NCHW image tensors become NHWC. The artifact's
+signature records each tensor's layout; the host runner takes source-layout
+feeds and maps them (``runner``), golden I/O is stored in the artifact's own
+layout (``to_artifact_layout``). Every interpreter runs in a worker process, so
+a model that aborts LiteRT fails its bundle, not the build.
+
+Profile ``options`` (all optional):
+  int8_io: float | int8 | uint8     I/O type of full-integer int8 (TFLiteConverter routes)
+  torch_int8: pt2e | onnx2tf         how torch sources get static int8
+  calibration_samples: N             cap on calibration samples (default 500)
+  onnx2tf_keep_shape: true           keep non-image inputs' shapes (false: onnx2tf's default)
+  gpu_delegate_check: true           record ops the GPU delegate cannot run
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepack.backends.base import Artifact, Job
+from edgepack.backends.passes.tflite_layout import (
+    Mapped,
+    Perms,
+    channel_last,
+    is_channel_first_image,
+    to_layout,
+)
+from edgepack.errors import ConversionError, UsageError
+from edgepack.runners.base import Arrays, Runner
+from edgepack.signature import Signature, TensorSpec
+
+OPTIONS = {
+    "int8_io": ("float", "int8", "uint8"),
+    "torch_int8": ("pt2e", "onnx2tf"),
+    "calibration_samples": int,
+    "onnx2tf_keep_shape": bool,
+    "gpu_delegate_check": bool,
+}
+DEFAULTS = {"int8_io": "float", "torch_int8": "pt2e", "calibration_samples": 500,
+            "onnx2tf_keep_shape": True, "gpu_delegate_check": True}
+TORCH_FORMATS = ("python", "torch.export")
+TF_FORMATS = ("keras", "savedmodel")
+
+
+@dataclass
+class TFLiteArtifact(Artifact):
+    """An artifact plus the source -> artifact layout permutations (build time only)."""
+
+    perms_in: Perms = field(default_factory=dict)
+    perms_out: Perms = field(default_factory=dict)
+    route: str = ""
+
+
+def options(profile: Any) -> dict[str, Any]:
+    opts = dict(DEFAULTS)
+    for key, value in (profile.options or {}).items():
+        if key not in OPTIONS:
+            raise UsageError(f"profile {profile.name}: unknown tflite option {key!r}; "
+                             f"known: {', '.join(sorted(OPTIONS))}")
+        kind = OPTIONS[key]
+        ok = value in kind if isinstance(kind, tuple) else (
+            isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+        if not ok:
+            want = " | ".join(kind) if isinstance(kind, tuple) else kind.__name__
+            raise UsageError(f"profile {profile.name}: option {key}={value!r}; expected {want}")
+        opts[key] = value
+    return opts
+
+
+def route_for(job: Job, opts: dict[str, Any]) -> str:
+    fmt = job.source.format
+    if fmt in TF_FORMATS:
+        return "tf"
+    if fmt in TORCH_FORMATS and job.source.torch_model is not None:
+        if job.precision == "int8" and opts["torch_int8"] == "onnx2tf":
+            return "onnx2tf"
+        return "litert-torch"
+    if job.source.onnx_path is not None or job.source.torch_model is not None:
+        return "onnx2tf"  # ONNX, and TorchScript (litert-torch needs torch.export)
+    raise UsageError(f"the tflite backend cannot convert {fmt} sources")
+
+
+def _calib_feeds(job: Job, perms: Perms, limit: int) -> list[Arrays]:
+    """Calibration batches in the artifact's layout (sample order kept)."""
+    if job.calib is None:
+        return []
+    batch = job.source.signature.batch
+    n = min(job.calib.count, max(batch, limit - limit % batch))
+    feeds = []
+    for start in range(0, n - n % batch, batch):
+        one = {k: v[start:start + batch] for k, v in job.calib.inputs.items()}
+        feeds.append(to_layout(one, perms))
+    return feeds
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], list[Mapped], Any]:
+    from edgepack.backends.passes import tflite_litert_torch as lt
+
+    sig = job.source.signature
+    ins = [channel_last(s) if is_channel_first_image(s) else Mapped(s, None) for s in sig.inputs]
+    outs = [channel_last(s) if is_channel_first_image(s) else Mapped(s, None)
+            for s in sig.outputs]
+    key = "tflite:channel-last-module"
+    if key not in job.cache:
+        job.progress("preparing the channel-last torch module")
+        job.cache[key] = lt.channel_last_module(
+            job.source.torch_model, [i for i, m in enumerate(ins) if m.perm],
+            [i for i, m in enumerate(outs) if m.perm])
+    perms = {m.spec.name: m.perm for m in ins if m.perm}
+    calib = _calib_feeds(job, perms, calib_limit) if job.precision == "int8" else None
+    job.progress(f"litert-torch → tflite ({job.precision})")
+    record = lt.convert(job.cache[key], [m.spec for m in ins], out, job.precision, calib)
+    return ins, outs, record
+
+
+def _tf_function(job: Job, opts: dict[str, Any]) -> tuple[Any, list[Mapped], list[Mapped], dict]:
+    """A traced TF function of the source (Keras/SavedModel, or onnx2tf's SavedModel)."""
+    key = "tflite:tf-function"
+    if key in job.cache:
+        return job.cache[key]
+    from edgepack.backends.passes import tflite_converter as tc
+
+    sig = job.source.signature
+    tools: dict[str, str] = {}
+    if job.source.format in TF_FORMATS:
+        call = job.source.tf_call  # type: ignore[attr-defined]
+        ins = [Mapped(s, None) for s in sig.inputs]
+        outs = [Mapped(s, None) for s in sig.outputs]
+    else:
+        from edgepack.backends.passes.tflite_onnx2tf import onnx2tf_savedmodel
+
+        ins, outs, call, tools = onnx2tf_savedmodel(job, keep_shape=opts["onnx2tf_keep_shape"])
+    fn = tc.concrete_function(call, [m.spec for m in ins], [m.spec.name for m in outs])
+    job.cache[key] = (fn, ins, outs, tools)
+    return job.cache[key]
+
+
+def _converter_route(job: Job, out: Any, opts: dict[str, Any]
+                     ) -> tuple[list[Mapped], list[Mapped], Any, dict]:
+    from edgepack.backends.passes import tflite_converter as tc
+
+    fn, ins, outs, tools = _tf_function(job, opts)
+    perms = {m.spec.name: m.perm for m in ins if m.perm}
+    calib = (_calib_feeds(job, perms, opts["calibration_samples"])
+             if job.precision == "int8" else None)
+    job.progress(f"TFLiteConverter → tflite ({job.precision})")
+    record = tc.convert(fn, out, job.precision, calib, io_type=opts["int8_io"],
+                        input_names=[m.spec.name for m in ins])
+    return ins, outs, record, tools
+
+
+# ---------------------------------------------------------------- names and I/O
+
+
+def name_map(ours: list[str], theirs: list[str]) -> dict[str, str]:
+    """Our (source) tensor names -> the model's signature names.
+
+    Same names map to themselves; litert-torch's ``args_<i>`` / ``output_<i>``
+    and onnx2tf's ``input_<i>`` map by index; otherwise by position.
+    """
+    if set(ours) <= set(theirs):
+        return {n: n for n in ours}
+    numbered = [re.fullmatch(r"(?:args|input|output|serving_default_\w+?)_(\d+)", t)
+                for t in theirs]
+    if all(numbered):
+        order = [t for _, t in sorted(zip((int(m.group(1)) for m in numbered), theirs,  # type: ignore[union-attr]
+                                          strict=True))]
+    else:
+        order = list(theirs)
+    if len(order) != len(ours):
+        raise ConversionError(f"the .tflite model has {len(order)} tensors where the source "
+                              f"has {len(ours)} ({', '.join(ours)})")
+    return dict(zip(ours, order, strict=True))
+
+
+def _artifact_signature(ins: list[Mapped], outs: list[Mapped], details: dict[str, Any]
+                        ) -> tuple[Signature, dict[str, str], dict[str, Any]]:
+    names = name_map([m.spec.name for m in ins], [d["name"] for d in details["inputs"]])
+    names.update(name_map([m.spec.name for m in outs], [d["name"] for d in details["outputs"]]))
+    by_name = {d["name"]: d for d in details["inputs"] + details["outputs"]}
+    io_quant: dict[str, Any] = {}
+
+    def spec(m: Mapped) -> TensorSpec:
+        d = by_name[names[m.spec.name]]
+        if d["dtype"] in ("int8", "uint8", "int16") and d["scale"] > 0:
+            io_quant[m.spec.name] = {"dtype": d["dtype"], "scale": d["scale"],
+                                     "zero_point": d["zero_point"]}
+        shape = tuple(d["shape"]) if d["shape"] else m.spec.shape
+        return TensorSpec(m.spec.name, shape, d["dtype"], m.spec.layout)
+
+    sig = Signature(inputs=tuple(spec(m) for m in ins), outputs=tuple(spec(m) for m in outs))
+    return sig, names, io_quant
+
+
+def _check_mapped(ins: list[Mapped], outs: list[Mapped]) -> None:
+    bad = [m.spec.name for m in ins + outs if m.perm == ()]
+    if bad:
+        raise ConversionError(f"the converted model's tensors {bad} have shapes that match "
+                              "neither the source layout nor its channel-last form")
+
+
+def _layouts(source: Signature, mapped: list[Mapped]) -> dict[str, Any]:
+    src = {t.name: t for t in (*source.inputs, *source.outputs)}
+    return {m.spec.name: {"source": src[m.spec.name].layout, "artifact": m.spec.layout,
+                          "perm": list(m.perm)} for m in mapped if m.perm}
+
+
+class TFLiteBackend:
+    name = "tflite"
+    runtime = "litert"
+    harness = "bench_litert.py"
+
+    def build(self, job: Job) -> Artifact:
+        from edgepack.backends.passes import tflite_inspect
+
+        opts = options(job.profile)
+        route = route_for(job, opts)
+        if job.precision == "int8" and job.calib is None:
+            raise UsageError("static int8 needs calibration data (--calib)")
+        out = job.workdir / "model.tflite"
+        tools: dict[str, str] = {}
+        if route == "litert-torch":
+            if job.precision == "int8" and opts["int8_io"] == "uint8":
+                raise UsageError("int8_io: uint8 is not available for torch sources through "
+                                 "litert-torch (PT2E gives int8 I/O); set torch_int8: onnx2tf")
+            ins, outs, record = _torch_route(job, out, opts["calibration_samples"])
+            toolchain = ["torch", "litert-torch", "ai-edge-litert", "torchao"]
+            if job.precision == "fp16":
+                toolchain.append("ai-edge-quantizer")
+        else:
+            ins, outs, record, tools = _converter_route(job, out, opts)
+            toolchain = ["tensorflow-cpu", "ai-edge-litert"]
+            if route == "onnx2tf":
+                toolchain += ["onnx"] + (["torch"] if job.source.torch_model is not None else [])
+        _check_mapped(ins, outs)
+        details = tflite_inspect.io_details(out)
+        signature, names, io_quant = _artifact_signature(ins, outs, details)
+        runtime_options: dict[str, Any] = {
+            "signature": details["signature"],
+            "tensor_names": names,
+            "layouts": _layouts(job.source.signature, ins + outs),
+        }
+        if io_quant:
+            runtime_options["io_quantization"] = io_quant
+        if record is not None:
+            record = {**record, "route": route}
+            if io_quant:
+                record["io"] = io_quant
+                record["io_type"] = next(iter(io_quant.values()))["dtype"]
+        if opts["gpu_delegate_check"]:
+            report = tflite_inspect.gpu_delegate_report(out)
+            if report is not None:
+                runtime_options["gpu_delegate"] = report
+        runtime_options["route"] = route
+        if tools:
+            runtime_options["converter_tools"] = tools
+        perms_in = {m.spec.name: m.perm for m in ins if m.perm}
+        perms_out = {m.spec.name: m.perm for m in outs if m.perm}
+        return TFLiteArtifact(
+            folder=job.workdir, files=["model.tflite"], signature=signature,
+            quantization=record, runtime_options=runtime_options, toolchain=toolchain,
+            perms_in=perms_in, perms_out=perms_out, route=route,
+        )
+
+    def runner(self, artifact: Artifact) -> Runner:
+        """A LiteRT runner (worker process); at build time it takes source-layout feeds."""
+        from edgepack.runners.litert import LayoutMappedRunner, LiteRTRunner
+
+        inner = LiteRTRunner(artifact.main,
+                             names=artifact.runtime_options.get("tensor_names") or {})
+        if isinstance(artifact, TFLiteArtifact) and (artifact.perms_in or artifact.perms_out):
+            return LayoutMappedRunner(inner, artifact.perms_in, artifact.perms_out)
+        return inner
+
+    def golden_io(self, artifact: Artifact, inputs: Arrays, outputs: Arrays
+                  ) -> tuple[Arrays, Arrays]:
+        """Golden I/O (source layout) -> the artifact's layout, for the bundle's reference/."""
+        perms_in = getattr(artifact, "perms_in", None) or {}
+        perms_out = getattr(artifact, "perms_out", None) or {}
+        return to_layout(inputs, perms_in), to_layout(outputs, perms_out)
+
+
+BACKEND = TFLiteBackend()

@@ -1,0 +1,356 @@
+"""The tflite target on real conversions: litert-torch, onnx2tf and TFLiteConverter routes.
+
+Fast tests use the trained digits CNN (torch source, and the same model as ONNX)
+and a small Keras CNN trained here on scikit-learn's digits; the real
+pretrained models are in the slow tests at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DIGITS, ROOT, run_cli
+
+from edgepack import manifest as mf
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+PRECISIONS = ["fp32", "fp16", "int8-dynamic", "int8"]
+ONNX2TF = (ROOT / ".venv-onnx2tf" / "bin" / "python").exists() or bool(
+    os.environ.get("EDGEPACK_ONNX2TF_PYTHON"))
+needs_onnx2tf = pytest.mark.skipif(not ONNX2TF, reason="run scripts/setup_onnx2tf.sh")
+
+
+def _summary(proc: subprocess.CompletedProcess) -> dict:
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-3000:]) from None
+
+
+def _by_precision(summary: dict) -> dict:
+    return {b["precision"]: b for b in summary["bundles"]}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- torch route
+
+
+@pytest.fixture(scope="module")
+def torch_dist(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tfl-torch") / "dist"
+    proc = run_cli("build", DIGITS / "edgepack.yaml", "--target", "tflite", "--precision",
+                   "all", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, _summary(proc)
+
+
+def test_torch_route_every_precision_passes(torch_dist):
+    out, summary = torch_dist
+    by = _by_precision(summary)
+    assert list(by) == PRECISIONS
+    assert {b["status"] for b in summary["bundles"]} == {"passed"}
+    for p in PRECISIONS:
+        m = mf.read(out / f"digits-android-arm64-{p}")
+        assert m["harness"]["runtime_options"]["route"] == "litert-torch"
+        assert m["target"]["backend"] == "tflite"
+    logits = by["int8"]["metrics"]["logits"]
+    assert logits["reference_task_accuracy"] > 97.0
+    assert logits["reference_task_accuracy"] - logits["task_accuracy"] <= 1.5
+    assert by["fp32"]["metrics"]["logits"]["cosine_min"] >= 0.9999
+    assert by["int8"]["bytes"] < by["fp32"]["bytes"] / 2.5
+    assert by["fp16"]["bytes"] < by["fp32"]["bytes"] * 0.6
+
+
+def test_layout_and_golden_io_are_channel_last(torch_dist):
+    out, _ = torch_dist
+    bundle = out / "digits-android-arm64-fp32"
+    m = mf.read(bundle)
+    spec = m["signature"]["inputs"][0]
+    assert spec["layout"] == "NHWC" and spec["shape"] == [1, 8, 8, 1]
+    assert m["harness"]["runtime_options"]["layouts"]["input"]["perm"] == [0, 2, 3, 1]
+    with np.load(bundle / "reference" / "inputs.npz") as f:
+        golden = f["input"]
+    assert golden.shape[1:] == (8, 8, 1)
+    evals = np.load(DIGITS / "eval.npz")["input"][: len(golden)]
+    np.testing.assert_array_equal(golden, evals.transpose(0, 2, 3, 1))
+
+
+def test_int8_records_integer_io(torch_dist):
+    out, _ = torch_dist
+    m = mf.read(out / "digits-android-arm64-int8")
+    io = m["harness"]["runtime_options"]["io_quantization"]
+    assert set(io) == {"input", "logits"}
+    assert io["input"]["dtype"] == "int8" and io["input"]["scale"] > 0
+    assert m["quantization"]["io"] == io and m["quantization"]["per_channel"] is True
+    assert m["signature"]["inputs"][0]["dtype"] == "int8"
+
+
+def test_validate_and_bench_in_bundle(torch_dist, tmp_path):
+    out, _ = torch_dist
+    proc = run_cli("validate", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = tmp_path / "r.json"
+    proc = run_cli("bench", out / "digits-android-arm64-int8", "--runs", "20", "--warmup",
+                   "2", "--threads", "1", "--json", result)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(result.read_text())
+    assert r["golden"]["status"] == "passed" and r["runtime"]["name"] == "ai_edge_litert"
+    assert r["latency_ms"]["p50"] > 0
+
+
+def test_gpu_delegate_report_recorded(torch_dist):
+    out, _ = torch_dist
+    gpu = mf.read(out / "digits-android-arm64-fp32")["harness"]["runtime_options"]["gpu_delegate"]
+    assert gpu["compatible"] is True and gpu["unsupported_ops"] == []
+
+
+def _fresh_device_venv(tmp: Path) -> Path:
+    """A venv holding only numpy and ai-edge-litert (linked from this environment, offline)."""
+    import ai_edge_litert
+
+    env = tmp / "device-venv"
+    venv.EnvBuilder(with_pip=False).create(env)
+    site = next((env / "lib").glob("python3*/site-packages"))
+    here = Path(np.__file__).parent.parent
+    wanted = ["numpy", "numpy.libs", "ai_edge_litert"]
+    wanted += [p.name for p in here.glob("numpy-*.dist-info")]
+    wanted += [p.name for p in here.glob("ai_edge_litert-*.dist-info")]
+    assert Path(ai_edge_litert.__file__).parent.parent == here
+    for name in wanted:
+        if (here / name).exists():
+            (site / name).symlink_to(here / name)
+    return env / "bin" / "python"
+
+
+def test_bundles_run_in_a_device_venv(torch_dist, tmp_path):
+    out, _ = torch_dist
+    python = _fresh_device_venv(tmp_path)
+    check = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    assert check.returncode != 0  # nothing but numpy and the runtime
+    for p in ("fp32", "int8"):  # float I/O and integer I/O
+        result = tmp_path / f"{p}.json"
+        proc = subprocess.run([python, "bench.py", "--runs", "10", "--warmup", "1",
+                               "--json", str(result)], cwd=out / f"digits-android-arm64-{p}",
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        r = json.loads(result.read_text())
+        assert r["golden"]["status"] == "passed"
+        assert set(r) >= {"runtime", "device", "latency_ms", "throughput_per_s", "golden"}
+
+
+# ---------------------------------------------------------------- crash isolation
+
+CRASHING_WORKER = '''
+import os, sys
+from edgepack.runners import litert_worker
+
+if __name__ == "__main__":
+    if "int8-dynamic" in sys.argv[1]:
+        os.abort()  # what LiteRT does on some int16-activation models
+    sys.exit(litert_worker.main(sys.argv[1:]))
+'''
+
+
+def test_interpreter_crash_fails_only_that_bundle(tmp_path):
+    (tmp_path / "crashing_worker.py").write_text(CRASHING_WORKER)
+    env = {**os.environ, "EDGEPACK_LITERT_WORKER": "crashing_worker",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgepack.cli", "build", str(DIGITS / "edgepack.yaml"),
+         "--target", "tflite", "--precision", "fp32", "--precision", "int8-dynamic",
+         "--precision", "fp16", "--out", str(tmp_path / "d"), "--json"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    by = _by_precision(_summary(proc))
+    assert by["fp32"]["status"] == "passed" and by["fp16"]["status"] == "passed"
+    assert by["int8-dynamic"]["status"] == "failed"
+    assert "interpreter crashed: SIGABRT" in by["int8-dynamic"]["reason"]
+
+
+# ---------------------------------------------------------------- onnx2tf route
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory) -> Path:
+    import torch
+
+    sys.path.insert(0, str(DIGITS))
+    try:
+        import model as digits_model
+    finally:
+        sys.path.pop(0)
+    path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    with torch.no_grad():
+        torch.onnx.export(digits_model.build(), (torch.zeros(1, 1, 8, 8),), str(path),
+                          dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"])
+    return path
+
+
+@needs_onnx2tf
+def test_onnx_route_through_onnx2tf(digits_onnx, tmp_path):
+    before = _sha(digits_onnx)
+    proc = run_cli("build", digits_onnx, "--target", "tflite", "--precision", "fp32",
+                   "--precision", "int8", "--calib", DIGITS / "calib.npz", "--eval",
+                   DIGITS / "eval.npz", "--task", "classification", "--out", tmp_path / "d",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by = _by_precision(_summary(proc))
+    assert {b["status"] for b in by.values()} == {"passed"}
+    assert _sha(digits_onnx) == before  # onnx2tf only ever saw a copy
+    m = mf.read(tmp_path / "d" / "digits-android-arm64-int8")
+    opts = m["harness"]["runtime_options"]
+    assert opts["route"] == "onnx2tf" and opts["converter_tools"]["onnx2tf"] == "1.29.24"
+    assert m["signature"]["inputs"][0]["layout"] == "NHWC"
+    assert "io_quantization" not in opts  # float I/O by default
+    logits = by["int8"]["metrics"]["logits"]
+    assert logits["reference_task_accuracy"] - logits["task_accuracy"] <= 1.5
+
+
+def _conv1d_onnx(path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 4)).eval()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, 8, 8),), str(path), dynamo=False,
+                          opset_version=17, input_names=["signal"], output_names=["y"])
+
+
+@needs_onnx2tf
+def test_silently_permuted_3d_input_fails_validation(tmp_path):
+    model = tmp_path / "conv1d.onnx"
+    _conv1d_onnx(model)
+    profile = tmp_path / "perm.yaml"
+    text = (ROOT / "targets" / "android-arm64.yaml").read_text()
+    text = text.replace("name: android-arm64", "name: perm-test").replace(
+        "aliases: [tflite]", "aliases: []").replace(
+        "  gpu_delegate_check: true", "  gpu_delegate_check: false\n  onnx2tf_keep_shape: false")
+    profile.write_text(text)
+    # onnx2tf's default turns the [1, 8, 8] input NCW -> NWC: same shape, other elements
+    proc = run_cli("build", model, "--target", profile, "--precision", "fp32",
+                   "--out", tmp_path / "bad", "--json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    bad = _summary(proc)["bundles"][0]
+    assert bad["status"] == "failed" and "cosine_min" in bad["reason"]
+    # TODO: with keep_shape_absolutely_input_names (edgepack's default) this model still
+    # fails validation (measured): onnx2tf 1.29 permutes it inside; not solved yet.
+
+
+# ---------------------------------------------------------------- Keras / SavedModel
+
+
+@pytest.fixture(scope="module")
+def keras_digits(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("tensorflow")
+    folder = tmp_path_factory.mktemp("keras")
+    code = f"""
+import os, numpy as np
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+from sklearn.datasets import load_digits
+d = load_digits(); x = (d.images / 16.0).astype(np.float32)[..., None]; y = d.target
+keras.utils.set_random_seed(0)
+m = keras.Sequential([keras.Input((8, 8, 1), name="image"),
+    keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+    keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(10)])
+m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+m.fit(x[:1200], y[:1200], epochs=15, batch_size=32, verbose=0)
+m.save(r"{folder}/digits.keras")
+m.export(r"{folder}/saved", verbose=False)
+np.savez(r"{folder}/calib.npz", image=x[:200])
+np.savez(r"{folder}/eval.npz", image=x[1200:1500], labels=y[1200:1500])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"keras": folder / "digits.keras", "savedmodel": folder / "saved",
+            "calib": folder / "calib.npz", "eval": folder / "eval.npz"}
+
+
+def _int8_io_profile(tmp_path: Path, io: str) -> Path:
+    text = (ROOT / "targets" / "android-arm64.yaml").read_text()
+    text = text.replace("name: android-arm64", f"name: mcu-{io}").replace(
+        "aliases: [tflite]", "aliases: []").replace("  int8_io: float", f"  int8_io: {io}")
+    path = tmp_path / f"mcu-{io}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_keras_source_through_tfliteconverter(keras_digits, tmp_path):
+    profile = _int8_io_profile(tmp_path, "int8")
+    proc = run_cli("build", keras_digits["keras"], "--target", "tflite", "--target", profile,
+                   "--precision", "fp32", "--precision", "int8", "--calib",
+                   keras_digits["calib"], "--eval", keras_digits["eval"], "--task",
+                   "classification", "--out", tmp_path / "d", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundles = _summary(proc)["bundles"]
+    assert {b["status"] for b in bundles} == {"passed"}
+    for b in bundles:
+        metrics = next(iter(b["metrics"].values()))
+        assert metrics["reference_task_accuracy"] - metrics["task_accuracy"] <= 1.5
+    m = mf.read(tmp_path / "d" / "digits-mcu-int8-int8")
+    assert m["source"]["format"] == "keras"
+    assert m["harness"]["runtime_options"]["route"] == "tf"
+    assert m["signature"]["inputs"][0]["layout"] == "NHWC"  # Keras is channel-last already
+    io = m["harness"]["runtime_options"]["io_quantization"]
+    assert io["image"]["dtype"] == "int8" and m["quantization"]["io_type"] == "int8"
+    proc = run_cli("bench", tmp_path / "d" / "digits-mcu-int8-int8", "--runs", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_savedmodel_source_with_uint8_io(keras_digits, tmp_path):
+    profile = _int8_io_profile(tmp_path, "uint8")
+    proc = run_cli("build", keras_digits["savedmodel"], "--target", profile, "--precision",
+                   "int8", "--precision", "fp16", "--calib", keras_digits["calib"], "--eval",
+                   keras_digits["eval"], "--task", "classification", "--out", tmp_path / "d",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {b["status"] for b in _summary(proc)["bundles"]} == {"passed"}
+    m = mf.read(tmp_path / "d" / "saved-mcu-uint8-int8")
+    assert m["source"]["format"] == "savedmodel"
+    assert m["signature"]["inputs"][0]["dtype"] == "uint8"
+    assert run_cli("validate", tmp_path / "d").returncode == 0
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_name_map_and_shape_matching():
+    from edgepack.backends.passes.tflite_layout import match_shape
+    from edgepack.backends.tflite import name_map
+    from edgepack.signature import TensorSpec
+
+    assert name_map(["a", "b"], ["args_1", "args_0"]) == {"a": "args_0", "b": "args_1"}
+    assert name_map(["x"], ["x", "extra"]) == {"x": "x"}
+    img = TensorSpec("x", (1, 3, 32, 32), "float32", "NCHW")
+    m = match_shape(img, [1, 32, 32, 3], prefer_channel_last=False)
+    assert m.perm == (0, 2, 3, 1) and m.spec.layout == "NHWC"
+    sq = TensorSpec("s", (1, 8, 8), "float32", None)
+    assert match_shape(sq, [1, 8, 8], prefer_channel_last=False).perm is None
+    assert match_shape(sq, [1, 8, 8], prefer_channel_last=True).perm == (0, 2, 1)
+    assert match_shape(sq, [1, 4, 16], prefer_channel_last=True).perm == ()
+
+
+def test_unknown_profile_option_is_a_usage_error(tmp_path):
+    text = (ROOT / "targets" / "android-arm64.yaml").read_text()
+    text = text.replace("name: android-arm64", "name: bad-opt").replace(
+        "aliases: [tflite]", "aliases: []").replace("  int8_io: float", "  int8_io: int4")
+    (tmp_path / "bad.yaml").write_text(text)
+    proc = run_cli("build", DIGITS / "edgepack.yaml", "--target", tmp_path / "bad.yaml",
+                   "--precision", "fp32", "--out", tmp_path / "d")
+    assert proc.returncode in (2, 3)
+    assert "int8_io" in proc.stderr and "Traceback" not in proc.stderr
