@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup_onnx2tf.sh
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/edgepack build sample_models/digits/edgepack.yaml --target all --precision all --out dist
+	$(VENV)/bin/edgepack build sample_models/digits/edgepack.yaml \
+	  --target onnx --target tflite --target coreml --target jetson --precision all --out dist
 
 # pytest exits 5 when it collected no tests: that is a failure here too.
 test: setup

@@ -136,7 +136,6 @@ def _golden(cfg: BuildConfig, evals: SampleSet, reference: Arrays, batch: int
 
 
 def _readme(name: str, profile: Profile, precision: str, result: ValidationResult) -> str:
-    req = " ".join(profile.runtime.get("requirements", [profile.runtime["name"], "numpy"]))
     return f"""# {name}
 
 Target `{profile.name}` ({profile.runtime['name']}), precision `{precision}`.
@@ -145,7 +144,7 @@ Host validation: **{result.status}**{f' ({result.reason})' if result.reason else
 On the device, from inside this folder:
 
 ```
-python -m pip install {req}
+python -m pip install -r requirements.txt
 python bench.py                    # golden check + latency; exit 0 passed, 1 failed, 2 no runtime
 python bench.py --runs 500 --threads 4 --json result.json
 ```
