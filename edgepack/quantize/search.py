@@ -12,6 +12,7 @@ metrics such as per-layer SQNR barely helped; see TOOLCHAIN.md).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,13 +47,13 @@ class Step:
     passed: bool
     size: int  # artifact bytes
     seconds: float  # quantize + evaluate wall time (never written to records)
-    note: str  # "all-int8" | "leave-one-out" | "greedy" | "greedy: over size budget"
+    note: str  # "all-int8" | "leave-one-out" | "greedy" | "greedy: skipped, <why>" | ...
 
     def to_record(self) -> dict:
         return {
             "excluded": len(self.excluded),
             "added": self.excluded[-1] if self.excluded else None,
-            "score": round(self.score, SCORE_DIGITS),
+            "score": round_score(self.score),
             "passed": self.passed,
             "bytes": self.size,
             "note": self.note,
@@ -77,21 +78,22 @@ class SearchResult:
         loo = {name: score for name, score in self.ranking}
         return {
             "passed": self.passed,
-            "score": round(self.score, SCORE_DIGITS),
-            "baseline_score": round(self.baseline_score, SCORE_DIGITS),
+            "score": round_score(self.score),
+            "baseline_score": round_score(self.baseline_score),
             "stopped": self.stopped,
             "excluded": [
-                {"name": n, "leave_one_out_score": _round(loo.get(n))} for n in self.excluded
+                {"name": n, "leave_one_out_score": round_score(loo.get(n))} for n in self.excluded
             ],
-            "ranking": [[n, round(s, SCORE_DIGITS)] for n, s in self.ranking],
+            "ranking": [[n, round_score(s)] for n, s in self.ranking],
             "steps": [s.to_record() for s in self.path],
             "candidates_tried": len(self.steps),
             "budget": self.budget.to_dict(),
         }
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, SCORE_DIGITS)
+def round_score(x: float | None) -> float | None:
+    """Scores as written to records: rounded; non-finite (a broken candidate) as null."""
+    return None if x is None or not math.isfinite(x) else round(x, SCORE_DIGITS)
 
 
 def search(
@@ -108,7 +110,8 @@ def search(
        (higher = more harmful when quantized), ties by candidate order;
     3. greedy: add ranked nodes (only those whose exclusion helped) one at a
        time until the score passes or the budget (float nodes, size growth,
-       time) is spent. A node that would break the size budget is skipped.
+       time) is spent. A node is skipped when it would break the size budget
+       or does not raise the score on top of the nodes already kept.
 
     Never claims a pass it did not measure: when the budget runs out the
     best-scoring candidate is returned with ``passed=False``.
@@ -129,8 +132,11 @@ def search(
         t = time.monotonic()
         artifact = quantize(list(excluded))
         passed, score = evaluate(artifact)
+        score = float(score)
+        if not math.isfinite(score):  # NaN outputs etc.: worst, and comparable
+            score, passed = float("-inf"), False
         seconds = time.monotonic() - t
-        step = Step(excluded, float(score), bool(passed), _size(artifact), seconds, note)
+        step = Step(excluded, score, bool(passed), _size(artifact), seconds, note)
         steps.append(step)
         cache[key] = step
         paths[key] = artifact
@@ -187,6 +193,7 @@ def search(
     # 3. greedy: only nodes whose exclusion alone improved on all-int8
     helpful = [n for n, s in ranking if s > base.score]
     kept: list[str] = []
+    current = base
     within = [base, *(s for s in singles if s.size <= max_bytes)]
     for name in helpful:
         if stopped:
@@ -202,11 +209,17 @@ def search(
         if step.size > max_bytes:
             path.append(replace(step, note="greedy: skipped, over size budget"))
             continue
-        path.append(step)
-        kept.append(name)
         within.append(step)
         if step.passed:
-            return result(step, ranking, f"passed with {len(kept)} node(s) in float")
+            path.append(step)
+            return result(step, ranking, f"passed with {len(kept) + 1} node(s) in float")
+        if step.score <= current.score:
+            # interactions: helped alone, not on top of the others
+            path.append(replace(step, note="greedy: skipped, no gain"))
+            continue
+        path.append(step)
+        kept.append(name)
+        current = step
     if not stopped:
         stopped = "no more helpful nodes" if helpful else "no node helped when kept in float"
     return result(best_of(within), ranking, stopped)
