@@ -16,7 +16,8 @@ from edgepack import __version__, api
 from edgepack.errors import EdgepackError
 
 err = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# Piped output (CI logs) gets a fixed 120 columns instead of rich's 80.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 class _Group(click.Group):

@@ -33,10 +33,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def build_table(summary_dict: dict[str, Any]) -> Table:
     table = Table(title=f"edgepack build: {summary_dict['model']}")
-    table.add_column("target")
-    table.add_column("precision")
-    table.add_column("size", justify="right")
-    table.add_column("status")
+    table.add_column("target", no_wrap=True)
+    table.add_column("precision", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("acc (src)", justify="right")
     table.add_column("top1", justify="right")
     table.add_column("cos min", justify="right")
