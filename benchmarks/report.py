@@ -119,17 +119,19 @@ def checks(results: dict) -> list[tuple[str, str, str]]:
         if details:
             rows.append((f"{key}: int8 ≥ {SIZE_GOAL}× smaller than fp32, bars met",
                          "yes" if ok else "NO", "; ".join(details)))
-    for key, model in results["models"].items():
-        int8 = find_bundle(model, "onnx-cpu", "int8")
+    for key, model, precision in [(k, m, p) for k, m in results["models"].items()
+                                  for p in ("int8", "int8-dynamic")]:
+        int8 = find_bundle(model, "onnx-cpu", precision)
         qd = latency(model, "ort-quantize-dynamic")
         mine = latency(model, int8["name"]) if int8 else {}
         qd_acc = (model.get("measure") or {}).get("candidates", {}).get(
             "ort-quantize-dynamic", {}).get("accuracy", {})
         q_mine = quality(first_metrics(int8 and int8.get("metrics")))
         q_base = quality(first_metrics(qd_acc.get("metrics")))
-        title = f"{key}: onnx int8 at least as fast as quantize_dynamic, equal or better accuracy"
+        title = (f"{key}: onnx {precision} at least as fast as quantize_dynamic, equal or "
+                 "better accuracy")
         if int8 is not None and int8["status"] == "failed":
-            rows.append((title, "NO", f"edgepack int8 failed validation: "
+            rows.append((title, "NO", f"edgepack {precision} failed validation: "
                          f"{acc_text(first_metrics(int8.get('metrics'))) or int8.get('reason')}; "
                          f"quantize_dynamic: {acc_text(first_metrics(qd_acc.get('metrics')))}"))
             continue
@@ -144,7 +146,8 @@ def checks(results: dict) -> list[tuple[str, str, str]]:
         rows.append((title, "yes" if ok else "NO",
                      f"p50 {mine['p50']:.3g} vs {qd['p50']:.3g} ms "
                      f"({mine['p50'] / qd['p50']:.2f}×); {acc_text(m_mine) or '—'} vs "
-                     f"{acc_text(m_base) or '—'}; edgepack int8 {status_text(int8)}"))
+                     f"{acc_text(m_base) or '—'}; edgepack {status_text(int8)}; quantize_dynamic "
+                     f"{qd_acc.get('status', '?')} the {qd_acc.get('bar') or '?'} bars"))
     slower = []
     for key, model in results["models"].items():
         for b in bundles(model):
