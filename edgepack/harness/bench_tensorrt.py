@@ -533,19 +533,8 @@ def bench(bundle: str, args: argparse.Namespace) -> dict:
 
 def main(argv: list | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = bench(HERE, args)
-        if args.json:
-            if os.path.dirname(args.json):
-                os.makedirs(os.path.dirname(args.json), exist_ok=True)
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2, allow_nan=False)
-                f.write("\n")
-    except Exception as e:
-        if args.debug:
-            raise
-        prefix = "" if isinstance(e, HarnessError) else f"{type(e).__name__}: "
-        print(f"error: {prefix}{harness.one_line(e)}", file=sys.stderr)
+    result = harness.run_and_save(lambda: bench(HERE, args), args)
+    if result is None:
         return 2
     lines = harness.summary_lines(result)
     engine = result["engine"]

@@ -477,9 +477,21 @@ def main(open_runtime, bundle_dir: str, argv: list | None = None, runs: int = 20
     HarnessError (or anything else) when the runtime or model cannot load.
     """
     args = parse_args(argv, runs, warmup)
+    result = run_and_save(lambda: bench(open_runtime, os.path.abspath(bundle_dir), args), args)
+    if result is None:
+        return 2
+    print("\n".join(summary_lines(result)))
+    return 0 if result["golden"]["status"] == "passed" else 1
+
+
+def run_and_save(run, args):
+    """Run the benchmark, write --json; on any error print one line and return None
+    (exit 2: runtime missing or model unloadable). Shared by every bench.py."""
     try:
-        result = bench(open_runtime, os.path.abspath(bundle_dir), args)
+        result = run()
         if args.json:
+            if os.path.dirname(args.json):
+                os.makedirs(os.path.dirname(args.json), exist_ok=True)
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(result, f, indent=2, allow_nan=False)
                 f.write("\n")
@@ -488,6 +500,5 @@ def main(open_runtime, bundle_dir: str, argv: list | None = None, runs: int = 20
             raise
         prefix = "" if isinstance(e, HarnessError) else f"{type(e).__name__}: "
         print(f"error: {prefix}{one_line(e)}", file=sys.stderr)
-        return 2
-    print("\n".join(summary_lines(result)))
-    return 0 if result["golden"]["status"] == "passed" else 1
+        return None
+    return result
