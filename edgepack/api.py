@@ -21,7 +21,7 @@ from typing import Any
 
 from edgepack import bundle as bd
 from edgepack import manifest as mf
-from edgepack.backends import get_backend
+from edgepack.backends import check_profile, get_backend
 from edgepack.backends.base import Artifact, Deferred
 from edgepack.compare import ValidationResult, check_tolerance_keys, compare, deferred
 from edgepack.compare import golden_tolerances as subset_tolerances
@@ -101,6 +101,13 @@ def _plan(cfg: BuildConfig, profiles: list[Profile]) -> list[tuple[Profile, str]
                                  f"supports {', '.join(profile.precisions)}")
             plan.append((profile, precision))
     return plan
+
+
+def _candidates(profile: Profile, precision: str) -> list[str]:
+    """The precisions a plan entry may build: ``auto`` tries the profile's order."""
+    if precision != "auto":
+        return [precision]
+    return list(profile.auto_order or reversed(profile.precisions))
 
 
 def _tolerances(cfg: BuildConfig, profile: Profile, precision: str) -> dict[str, float]:
@@ -247,9 +254,8 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
     profiles = resolve_targets(cfg.targets)
     plan = _plan(cfg, profiles)
     for profile, precision in plan:  # bad options -> usage error before any work
-        check = getattr(get_backend(profile.backend), "check", None)
-        if check is not None and precision != "auto":
-            check(profile, precision)
+        for p in _candidates(profile, precision):
+            check_profile(profile, p)
     say("loading the source model")
     source = load_source(cfg.model, inputs=cfg.inputs, outputs=cfg.outputs)
     sig = source.signature

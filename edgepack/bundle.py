@@ -30,7 +30,8 @@ def prepare_out(out: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".probe-", delete=True)
         probe.close()
     except OSError as e:
-        raise UsageError(f"cannot write to --out {out}: {e.strerror}") from None
+        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}; choose a writable "
+                         "folder with --out") from None
     shutil.rmtree(partial_dir(out), ignore_errors=True)
 
 

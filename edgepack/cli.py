@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from edgepack import __version__, api
 from edgepack.errors import EdgepackError
@@ -30,7 +31,10 @@ class _Group(click.Group):
         except EdgepackError as e:
             if os.environ.get("EDGEPACK_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            # One line whatever the message holds (a user's file name, a quoted YAML key),
+            # printed as text: brackets in it are not rich markup.
+            text = " ".join(part.strip() for part in str(e).splitlines()) or type(e).__name__
+            err.print(f"[bold red]error:[/] {escape(text)}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")

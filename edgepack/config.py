@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgepack.errors import UsageError
+from edgepack.profiles import check_plain, read_yaml
 from edgepack.signature import DTYPES, LAYOUTS, TensorSpec
 
 CONFIG_KEYS = {
@@ -46,7 +47,7 @@ def _spec(entry: Any, where: str) -> TensorSpec:
         raise UsageError(f"{where}: each input needs 'name' and 'shape'")
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(
-        (isinstance(d, int) and d > 0) or isinstance(d, str) for d in shape
+        (_is_int(d) and d > 0) or (isinstance(d, str) and d) for d in shape
     ):
         raise UsageError(f"{where}: input {entry['name']!r}: shape must be a list of positive "
                          "integers or names")
@@ -62,20 +63,50 @@ def _spec(entry: Any, where: str) -> TensorSpec:
     return TensorSpec(name=str(entry["name"]), shape=tuple(shape), dtype=dtype, layout=layout)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+
+# What each setting's value must be: (test, what to write in the message).
+VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: isinstance(v, str) and bool(v), "a path or file.py:callable"),
+    "name": (lambda v: isinstance(v, str) and bool(v), "a string"),
+    "outputs": (_names, "a name or a list of names"),
+    "calib": (lambda v: isinstance(v, str) or v is None, "a path to an .npz file"),
+    "eval": (lambda v: isinstance(v, str) or v is None, "a path to an .npz file"),
+    "targets": (_names, "a target or a list of targets"),
+    "precisions": (_names, "a precision or a list of precisions"),
+    "tolerances": (lambda v: isinstance(v, dict), "a mapping of tolerance names to numbers"),
+    "out": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
+    "seed": (_is_int, "an integer"),
+    "samples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "golden_samples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "allow_random_calibration": (lambda v: isinstance(v, bool), "true or false"),
+    "timeout": (lambda v: _is_number(v) and v >= 1, "a number of seconds (at least 1)"),
+}
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read edgepack.yaml; relative paths in it are relative to its folder."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path, "config")
     if not isinstance(data, dict):
         raise UsageError(f"config {path}: expected a mapping of settings")
+    check_plain(data, f"config {path}")
     unknown = set(data) - CONFIG_KEYS
     if unknown:
         raise UsageError(f"config {path}: unknown keys {sorted(unknown)}; "
                          f"known: {', '.join(sorted(CONFIG_KEYS))}")
+    for key, (ok, what) in VALUE_CHECKS.items():
+        if key in data and not ok(data[key]):
+            raise UsageError(f"config {path}: {key!r} must be {what}, not {data[key]!r:.80}")
     base = path.parent
     out: dict[str, Any] = dict(data)
     if "model" in out:

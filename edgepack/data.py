@@ -55,11 +55,16 @@ def _check_array(path: Path, spec: TensorSpec, arr: np.ndarray, batch: int) -> N
     name = f"{path.name}: {spec.name!r}"
     if arr.dtype.kind == "O":
         raise InputError(f"{name} is an object array; save plain numeric arrays")
-    if arr.dtype != np.dtype(spec.dtype):
+    try:
+        want_dtype = np.dtype(spec.dtype)
+    except TypeError:
+        raise InputError(f"{name}: the model's input type {spec.dtype} cannot be fed from "
+                         ".npz data; give inputs of a numpy dtype") from None
+    if arr.dtype != want_dtype:
         raise InputError(f"{name} is {arr.dtype}, the model takes {spec.dtype}; "
                          f"save it as {spec.dtype}")
     want = spec.shape[1:]
-    if arr.ndim != len(spec.shape) or any(
+    if arr.ndim == 0 or arr.ndim != len(spec.shape) or any(
         isinstance(w, int) and w > 0 and w != g for w, g in zip(want, arr.shape[1:], strict=False)
     ):
         dims = "x".join(str(d) for d in want)
@@ -69,23 +74,48 @@ def _check_array(path: Path, spec: TensorSpec, arr: np.ndarray, batch: int) -> N
         raise InputError(f"{name} has no samples")
     if len(arr) % batch:
         raise InputError(f"{name}: {len(arr)} samples do not split into batches of {batch}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{name} contains NaN or Inf values")
+    if arr.dtype.kind in "fc":
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise InputError(f"{name} contains NaN or Inf values (sample {first}, "
+                             f"{int(bad.sum())} sample(s) in all); clean or drop them")
 
 
-def load_npz(path: Path, signature: Signature, role: str) -> SampleSet:
-    """Load calibration or evaluation data keyed by input name (+ optional ``labels``)."""
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:160] if lines else type(e).__name__
+
+
+def _read(path: Path, role: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling: object arrays are refused."""
     if not path.is_file():
         raise InputError(f"no such {role} file: {path}")
+    fix = "save the data with np.savez(path, input_name=array, ...)"
+    if not zipfile.is_zipfile(path):  # a .npy, a pickle, or anything else that is not an .npz
+        raise InputError(f"{path.name} is not an .npz archive; {fix}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except ValueError as e:
         if "pickle" in str(e):
-            raise InputError(f"{path.name} holds object arrays; save numeric arrays") from None
-        raise InputError(f"{path.name} is not a readable .npz file: {e}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise InputError(f"{path.name} is not a readable .npz file: {e}") from None
+            raise InputError(f"{path.name} holds object arrays (they would need unpickling); "
+                             "save plain numeric arrays") from None
+        raise InputError(f"{path.name} is not a readable .npz file ({_first_line(e)}); {fix}") \
+            from None
+    except Exception as e:  # a corrupt member: zip, zlib or .npy header errors of any kind
+        raise InputError(f"{path.name} is not a readable .npz file ({_first_line(e)}); {fix}") \
+            from None
+    # np.load hands back members that are not .npy files as raw bytes
+    raw = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if raw:
+        raise InputError(f"{path.name}: members {raw} are not .npy arrays; {fix}")
+    return arrays
+
+
+def load_npz(path: Path, signature: Signature, role: str) -> SampleSet:
+    """Load calibration or evaluation data keyed by input name (+ optional ``labels``)."""
+    arrays = _read(path, role)
     missing = [n for n in signature.input_names if n not in arrays]
     if missing:
         raise InputError(f"{role} data {path.name} lacks inputs {missing}; it has "

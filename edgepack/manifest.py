@@ -70,9 +70,12 @@ def read(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{folder} is not a bundle: no {MANIFEST}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not readable JSON: {e}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{path} is not readable JSON ({first}); rebuild the bundle") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a manifest: expected a JSON object; rebuild the bundle")
     check(data, str(path))
     return data
 

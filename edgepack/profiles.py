@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -52,18 +53,53 @@ class Profile:
         return {"name": self.name, "backend": self.backend, "runtime": self.runtime["name"]}
 
 
+def check_plain(data: Any, where: str) -> None:
+    """Mapping keys must be strings and nothing may contain itself (YAML anchors can):
+    what JSON Schema validation, and everything after it, takes for granted."""
+    stack: list[tuple[Any, tuple[int, ...], str]] = [(data, (), "")]
+    seen: set[int] = set()  # aliases share containers: walk each once
+    while stack:
+        value, parents, at = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
+        if id(value) in parents:
+            raise UsageError(f"{where}: {at or '(top level)'} contains itself (a YAML alias "
+                             "loop); write the values out")
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        inner = (*parents, id(value))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise UsageError(f"{where}: {at or '(top level)'}: key {k!r} is not a "
+                                     "string; quote it")
+                stack.append((v, inner, f"{at}/{k}" if at else k))
+        else:
+            stack.extend((v, inner, f"{at}/{i}" if at else str(i)) for i, v in enumerate(value))
+
+
 def _from_mapping(data: Any, where: str) -> Profile:
     import jsonschema
 
     if not isinstance(data, dict):
         raise UsageError(f"profile {where}: expected a mapping of settings")
+    check_plain(data, f"profile {where}")
     errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=str)
     if errors:
         e = errors[0]
         at = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise UsageError(f"profile {where}: {at}: {e.message}")
+        raise UsageError(f"profile {where}: {at}: {e.message[:200]}; fix the profile "
+                         "(schema: edgepack/schemas/profile.schema.json)")
     if data["default_precision"] not in data["precisions"]:
         raise UsageError(f"profile {where}: default_precision is not one of its precisions")
+    # JSON Schema lets NaN through every bound (all comparisons with NaN are false)
+    numbers = [(f"tolerances/{p}/{k}", v) for p, tol in data["tolerances"].items()
+               for k, v in tol.items()]
+    numbers.append(("latency_budget_ms", data.get("latency_budget_ms")))
+    for at, value in numbers:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"profile {where}: {at}: {value} is not a finite number")
     return Profile(
         name=data["name"],
         backend=data["backend"],
@@ -84,14 +120,30 @@ def _from_mapping(data: Any, where: str) -> Profile:
     )
 
 
-def load_profile_file(path: Path) -> Profile:
+def read_yaml(path: Path, what: str) -> Any:
+    """A user's YAML file, or a one-line UsageError (never another exception)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise UsageError(f"cannot read profile {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return _from_mapping(data, str(path))
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        # ValueError: bytes that are not UTF-8, or a scalar PyYAML cannot build (a date
+        # such as 2024-13-01); RecursionError: absurdly deep nesting.
+        raise UsageError(f"{what} {path} is not valid YAML ({_yaml_reason(e)}); fix the "
+                         "file") from None
+
+
+def _yaml_reason(e: BaseException) -> str:
+    """PyYAML's problem and where it is (its first line alone names only the context)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def load_profile_file(path: Path) -> Profile:
+    return _from_mapping(read_yaml(path, "profile"), str(path))
 
 
 def builtin_profiles() -> dict[str, Profile]:

@@ -84,16 +84,18 @@ class Signature:
             if o is None:
                 new.append(t)
                 continue
+            # e.g. --input input:1x3x224x224: the model's shape, symbolic dims set to 1
+            fit = f"e.g. --input {o.name}:{'x'.join(map(str, t.concrete_shape()))}"
             if t.shape and len(o.shape) != len(t.shape):
                 raise UsageError(
                     f"--input {o.name}: rank {len(o.shape)} does not fit the model's "
-                    f"input of shape {list(t.shape)}"
+                    f"input of shape {list(t.shape)}; give {len(t.shape)} dims, {fit}"
                 )
             for mine, given in zip(t.shape, o.shape, strict=False):
                 if isinstance(mine, int) and mine > 0 and mine != given:
                     raise UsageError(
                         f"--input {o.name}: shape {list(o.shape)} does not fit the model's "
-                        f"input of shape {list(t.shape)}"
+                        f"input of shape {list(t.shape)}; {fit}"
                     )
             new.append(replace(t, shape=o.shape, dtype=o.dtype, layout=o.layout or t.layout))
         if by_name:
@@ -126,7 +128,8 @@ def parse_input_option(text: str) -> TensorSpec:
         )
     dims: list[Dim] = []
     for part in m["shape"].lower().split("x"):
-        if not part.isdigit() or int(part) <= 0:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+        if not (part.isascii() and part.isdigit()) or int(part) <= 0:
             raise UsageError(
                 f"--input {text!r}: shape dims must be positive integers separated by 'x', "
                 "e.g. 1x3x224x224"

@@ -201,7 +201,8 @@ def test_palettized_weights_option(digits_data, tmp_path):
     assert m["validation"]["metrics"]["logits"]["top1_agreement"] >= 0.95
 
 
-def test_bad_options_fail_the_bundle_in_one_line(tmp_path, digits_data):
+def test_bad_options_are_a_usage_error_before_any_work(tmp_path, digits_data):
+    """CoreMLBackend.check runs in the build process: exit 2, one line, no bundle."""
     import yaml
 
     profile = yaml.safe_load((ROOT / "targets" / "ios.yaml").read_text())
@@ -210,10 +211,11 @@ def test_bad_options_fail_the_bundle_in_one_line(tmp_path, digits_data):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(profile))
     proc = _build_digits(tmp_path / "out", digits_data, "--target", path, "--precision", "fp16")
-    assert proc.returncode == 3
-    bundle = json.loads(proc.stdout)["bundles"][0]
-    assert "compute_units must be one of ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE" in \
-        bundle["reason"]
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "compute_units must be one of ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 class Tiny(torch.nn.Module):

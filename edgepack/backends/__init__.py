@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from importlib import import_module
+from typing import Any
 
 from edgepack.backends.base import Backend
 from edgepack.errors import UsageError
@@ -14,11 +16,16 @@ _MODULES = {
     "tensorrt": "edgepack.backends.tensorrt",
 }
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
 
 def get_backend(name: str) -> Backend:
     """A built-in backend by name, or a user's own as a dotted module path defining
     ``BACKEND`` (named in their profile YAML: ``backend: mypkg.mybackend``)."""
     module_name = _MODULES.get(name, name)
+    if not _DOTTED.match(module_name):  # "", ".rel", "a b": import_module would not say why
+        raise UsageError(f"unknown backend {name!r}; available: {', '.join(sorted(_MODULES))} "
+                         "or a module defining BACKEND")
     try:
         module = import_module(module_name)
     except ModuleNotFoundError as e:
@@ -36,3 +43,14 @@ def get_backend(name: str) -> Backend:
 
 def backend_names() -> list[str]:
     return sorted(_MODULES)
+
+
+def check_profile(profile: Any, precision: str) -> None:
+    """Usage errors in a profile's options or precision, raised before any work starts.
+
+    Calls the backend's optional ``check(profile, precision)`` hook, so a bad option is
+    a usage error (exit 2) rather than a failed conversion.
+    """
+    check = getattr(get_backend(profile.backend), "check", None)
+    if check is not None:
+        check(profile, precision)

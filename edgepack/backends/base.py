@@ -76,8 +76,9 @@ class Backend(Protocol):
         ...
 
 
-# Optional hooks a backend may define (looked up with getattr by api.py):
+# Optional hooks a backend may define (looked up with getattr):
 #   check(profile, precision) -> None
-#       raise UsageError for bad profile options before any work starts.
+#       raise UsageError for bad profile options or an unsupported precision before any
+#       work starts (edgepack.backends.check_profile, called by api.build per bundle).
 #   golden_io(artifact, inputs, outputs) -> (inputs, outputs)
 #       golden arrays (source layout) -> the artifact's own layout/dtypes.

@@ -30,6 +30,7 @@ from edgepack.signature import Signature, TensorSpec
 TOOLCHAIN = ["torch", "coremltools", "onnx2torch", "onnx", "onnxruntime"]
 DEFERRED_REASON = ("Core ML runs only on macOS/iOS; bench.py checks the golden outputs "
                    "on the device")
+PRECISIONS = ("fp32", "fp16", "int8")
 OPTION_KEYS = {"minimum_deployment_target", "compute_units", "int8_weights", "weight_threshold"}
 DEFAULTS = {"minimum_deployment_target": "iOS16", "compute_units": "ALL",
             "int8_weights": "linear", "weight_threshold": 2048}
@@ -50,8 +51,13 @@ class CoreMLArtifact(Artifact):
         return {**self.__dict__, "proxy": None}
 
 
-def options(job: Job) -> dict[str, Any]:
-    """The profile's ``options`` for this backend, checked, with defaults."""
+def options(profile: Any, precision: str) -> dict[str, Any]:
+    """The profile's ``options`` for this backend, checked, with defaults.
+
+    Pure data checks (no coremltools import): ``CoreMLBackend.check`` runs them in the
+    build process before any work, so a bad option is a usage error (exit 2), not a
+    failed conversion.
+    """
     from edgepack.backends.passes.coreml_compress import WEIGHT_MODES
     from edgepack.backends.passes.coreml_convert import (
         COMPRESSION_MIN,
@@ -59,8 +65,8 @@ def options(job: Job) -> dict[str, Any]:
         DEPLOYMENT_TARGETS,
     )
 
-    where = f"profile {job.profile.name}: options"
-    given = dict(job.profile.options)
+    where = f"profile {profile.name}: options"
+    given = dict(profile.options)
     unknown = sorted(set(given) - OPTION_KEYS)
     if unknown:
         raise UsageError(f"{where}: unknown keys {unknown}; coreml takes {sorted(OPTION_KEYS)}")
@@ -73,9 +79,10 @@ def options(job: Job) -> dict[str, Any]:
         raise UsageError(f"{where}: compute_units must be one of {', '.join(COMPUTE_UNITS)}")
     if opts["int8_weights"] not in WEIGHT_MODES:
         raise UsageError(f"{where}: int8_weights must be one of {', '.join(WEIGHT_MODES)}")
-    if not isinstance(opts["weight_threshold"], int) or opts["weight_threshold"] < 0:
+    threshold = opts["weight_threshold"]
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
         raise UsageError(f"{where}: weight_threshold must be a non-negative integer")
-    if job.precision == "int8":
+    if precision == "int8":
         os_name = "macOS" if target.startswith("macOS") else "iOS"
         if int(target[len(os_name):]) < COMPRESSION_MIN[os_name]:
             raise UsageError(f"{where}: compressed weights need minimum_deployment_target "
@@ -192,6 +199,14 @@ class CoreMLBackend:
     runtime = "coreml"
     harness = "bench_coreml.py"
 
+    def check(self, profile: Any, precision: str) -> None:
+        """Profile option and precision errors, before any work is done (UsageError)."""
+        if precision not in PRECISIONS:
+            raise UsageError(f"the coreml backend does not build {precision!r}; it builds "
+                             f"{', '.join(PRECISIONS)} (int8 = weight-only); pick one of "
+                             "those or another target")
+        options(profile, precision)
+
     def build(self, job: Job) -> Artifact:
         from edgepack.backends.passes.coreml_check import structural_check
         from edgepack.backends.passes.coreml_convert import (
@@ -201,10 +216,8 @@ class CoreMLBackend:
         )
         from edgepack.backends.passes.coreml_proxy import fp16_weight_error, make_proxy
 
-        if job.precision not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"the coreml backend does not build {job.precision!r}; "
-                             "it builds fp32, fp16 and int8 (weight-only)")
-        opts = options(job)
+        self.check(job.profile, job.precision)
+        opts = options(job.profile, job.precision)
         import_coremltools()
         target = opts["minimum_deployment_target"]
         program, intermediate = _program(job)

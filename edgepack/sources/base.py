@@ -114,9 +114,20 @@ def _update_file(h: Any, path: Path) -> None:
 def check_file(path: Path) -> None:
     """A user file must exist, be a file and not be empty."""
     if not path.exists():
-        raise InputError(f"no such file: {path}")
+        raise InputError(f"no such file: {path} (check the path; relative paths start at "
+                         "the current folder)")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes): re-export or re-download the model")
+
+
+def check_zip(spec: str, path: Path, what: str, fix: str) -> None:
+    """Formats that are zip archives (TorchScript, .pt2, .keras): refuse anything else
+    before importing a framework, with a clear message instead of its parser's."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{spec} is not {what} (not a zip archive: corrupt, truncated or "
+                         f"another format); {fix}")
 
 
 def guess_layout(shape: Sequence[Any], dtype: str) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgepack.errors import InputError, UsageError
 from edgepack.signature import Signature, TensorSpec
-from edgepack.sources.base import SourceModel, file_sha256, one_line, safe_name
+from edgepack.sources.base import SourceModel, check_zip, file_sha256, one_line, safe_name
 
 
 @dataclass
@@ -67,10 +67,33 @@ def tf_runner_factory(call: Callable[..., Any], sig: Signature) -> Callable[[], 
     return make
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_FIX = "save it with model.save('model.keras') (or .h5), or re-download it"
+
+
+def _check_format(spec: str, path: Path) -> None:
+    """A .keras file is a zip archive, an .h5 file an HDF5 file: say so before importing
+    TensorFlow, whose own messages for a wrong file are misleading ("File not found")."""
+    if path.suffix.lower() == ".keras":
+        check_zip(spec, path, "a Keras model file", _FIX)
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0  # the HDF5 superblock sits at 0, 512, 1024, 2048, ... (after a user block)
+        while offset < size and offset <= 1 << 20:
+            f.seek(offset)
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return
+            offset = 512 if offset == 0 else offset * 2
+    raise InputError(f"{spec} is not a Keras model file (no HDF5 signature: corrupt, "
+                     f"truncated or another format); {_FIX}")
+
+
 def load(spec: str, path: Path, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
     from edgepack.backends.passes.tflite_common import import_tensorflow, quiet
 
+    _check_format(spec, path)
     import_tensorflow()
     import keras
 

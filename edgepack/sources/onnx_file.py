@@ -21,7 +21,8 @@ def load(spec: str, path: Path, inputs: list[TensorSpec],
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))  # by path: handles external data and > 2 GB
     except Exception as e:
-        raise InputError(f"{spec} is not a valid ONNX model: {one_line(e)}") from e
+        raise InputError(f"{spec} is not a valid ONNX model ({one_line(e, 160)}); re-export "
+                         "it (torch.onnx.export, onnx.save) or re-download it") from e
     data_files = _external_data_files(model, path)
     missing = [f.name for f in data_files if not f.is_file()]
     if missing:

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgepack.errors import EdgepackError, InputError, UsageError
+from edgepack.errors import EdgepackError, InputError, MissingExtraError, UsageError
 from edgepack.signature import TensorSpec
 from edgepack.sources.base import (
     SourceModel,
@@ -36,29 +36,38 @@ _GENERIC = {"build", "create", "make", "load", "get", "factory", "main", "model"
             "network", "module", "init", "get_model", "build_model", "create_model",
             "make_model", "load_model", "model_fn"}
 
+# The user's own code failed: its traceback is theirs to read (the CLI shows it with --debug).
+DEBUG_HINT = " (rerun with --debug for the traceback)"
+
 
 def load(spec: str, target: str, attr: str, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
-    torch = import_torch()
+    # The user's module first: a missing or broken entry is reported without waiting
+    # seconds for torch to import (a module that needs torch imports it itself).
     module = _import(spec, target)
     factory: Any = module
     for part in attr.split("."):
         if not hasattr(factory, part):
-            raise UsageError(f"{spec}: {target} has no attribute {attr!r}")
+            raise UsageError(f"{spec}: {target} has no attribute {attr!r}; name a function "
+                             "or class it defines that returns the model")
         factory = getattr(factory, part)
     if not callable(factory):
-        raise UsageError(f"{spec}: {attr} is a {type(factory).__name__}, not a callable")
+        raise UsageError(f"{spec}: {attr} is of type {type(factory).__name__}, not a callable "
+                         "that returns the model")
     with _on_path(_search_dir(target)):
         try:
             model = factory()
         except EdgepackError:
             raise
         except Exception as e:
+            _torch_missing(e)
             raise InputError(f"{spec}: calling {attr}() raised "
-                             f"{type(e).__name__}: {one_line(e)}") from e
+                             f"{type(e).__name__}: {one_line(e)}{DEBUG_HINT}") from e
+    torch = import_torch()
     if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"{spec}: {attr}() returned a {type(model).__name__}, not a "
-                         "torch.nn.Module; return the model object")
+        raise UsageError(f"{spec}: {attr}() returned an object of type "
+                         f"{type(model).__name__}, not a torch.nn.Module; return the model "
+                         "object")
     model.eval()
     signature = torch_signature(model, inputs, outputs)
     source_file = _source_file(module)
@@ -108,20 +117,29 @@ def _import(spec: str, target: str) -> ModuleType:
                 raise
             except Exception as e:
                 sys.modules.pop(name, None)
+                _torch_missing(e)
                 raise InputError(f"{spec}: importing {target} raised "
-                                 f"{type(e).__name__}: {one_line(e)}") from e
+                                 f"{type(e).__name__}: {one_line(e)}{DEBUG_HINT}") from e
         return module
     with _on_path(Path.cwd(), append=True):
         try:
             return importlib.import_module(target)
         except ModuleNotFoundError as e:
+            _torch_missing(e)
             if e.name and target.startswith(e.name):
                 raise UsageError(f"{spec}: no module named {target!r} (run from the folder "
                                  "that holds it, or install it)") from e
-            raise InputError(f"{spec}: importing {target} raised {one_line(e)}") from e
+            raise InputError(f"{spec}: importing {target} raised {one_line(e)}{DEBUG_HINT}") \
+                from e
         except Exception as e:
             raise InputError(f"{spec}: importing {target} raised "
-                             f"{type(e).__name__}: {one_line(e)}") from e
+                             f"{type(e).__name__}: {one_line(e)}{DEBUG_HINT}") from e
+
+
+def _torch_missing(e: BaseException) -> None:
+    """The entry needs torch and it is not installed: name the extra, as for other sources."""
+    if isinstance(e, ModuleNotFoundError) and e.name == "torch":
+        raise MissingExtraError("torch", "torch", "needed to load PyTorch models") from e
 
 
 def _search_dir(target: str) -> Path:

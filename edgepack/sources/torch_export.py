@@ -12,6 +12,7 @@ from edgepack.errors import EdgepackError, InputError, UsageError
 from edgepack.signature import Signature, TensorSpec
 from edgepack.sources.base import (
     SourceModel,
+    check_zip,
     file_sha256,
     guess_layout,
     import_torch,
@@ -23,6 +24,7 @@ from edgepack.sources.base import (
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
+    check_zip(spec, path, "a torch.export program", "save it with torch.export.save")
     torch = import_torch()
     log = logging.getLogger("torch.export")
     level = log.level

@@ -9,6 +9,7 @@ from edgepack.errors import InputError
 from edgepack.signature import TensorSpec
 from edgepack.sources.base import (
     SourceModel,
+    check_zip,
     file_sha256,
     import_torch,
     one_line,
@@ -19,6 +20,8 @@ from edgepack.sources.base import (
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
+    check_zip(spec, path, "a TorchScript file", "save it with torch.jit.save, or name a "
+              "Python entry (file.py:callable) that builds the model")
     torch = import_torch()
     try:
         with warnings.catch_warnings():  # "torch.jit.load is deprecated": not the user's concern
