@@ -118,11 +118,14 @@ def sample_file(python: Path) -> Path | None:
 
 
 def run_onnx2tf(onnx_path: Path, out_dir: Path, keep_shape: Sequence[str] = (),
-                pseudo_ops: Sequence[str] = ("Erf",),
+                pseudo_ops: Sequence[str] = ("gelu", "erf"),
                 input_shapes: dict[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Convert a COPY of ``onnx_path`` to a SavedModel in ``out_dir/saved_model``.
 
     Returns io.json's content (input names/shapes, output shapes, tool versions).
+    ``pseudo_ops``: TFLite has no Erf; "gelu" turns onnx2tf's x*0.5*(1+Erf(x/sqrt2))
+    pattern into tf.nn.gelu (TFLite's builtin GELU), "erf" approximates any other Erf.
+    onnx2tf's Python API matches these names in lower case only.
     """
     py = require_python()
     out_dir = Path(out_dir).resolve()
@@ -143,7 +146,8 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, keep_shape: Sequence[str] = (),
     info_path = out_dir / "io.json"
     args = {
         "onnx": str(model), "work": str(work / "out"), "saved_model": str(saved),
-        "info": str(info_path), "keep_shape": list(keep_shape), "pseudo_ops": list(pseudo_ops),
+        "info": str(info_path), "keep_shape": list(keep_shape),
+        "pseudo_ops": [op.lower() for op in pseudo_ops],
         "input_shapes": [f"{n}:{','.join(str(int(d)) for d in s)}"
                          for n, s in (input_shapes or {}).items()],
     }

@@ -125,8 +125,10 @@ def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], li
     return ins, outs, record
 
 
-def _tf_function(job: Job, opts: dict[str, Any]) -> tuple[Any, list[Mapped], list[Mapped], dict]:
-    """A traced TF function of the source (Keras/SavedModel, or onnx2tf's SavedModel)."""
+def _tf_function(job: Job, opts: dict[str, Any]
+                 ) -> tuple[Any, list[Mapped], list[Mapped], dict, Any]:
+    """A traced TF function of the source (Keras/SavedModel, or onnx2tf's SavedModel),
+    and the object that owns its variables (the converter must keep it alive)."""
     key = "tflite:tf-function"
     if key in job.cache:
         return job.cache[key]
@@ -143,7 +145,8 @@ def _tf_function(job: Job, opts: dict[str, Any]) -> tuple[Any, list[Mapped], lis
 
         ins, outs, call, tools = onnx2tf_savedmodel(job, keep_shape=opts["onnx2tf_keep_shape"])
     fn = tc.concrete_function(call, [m.spec for m in ins], [m.spec.name for m in outs])
-    job.cache[key] = (fn, ins, outs, tools)
+    job.cache[key] = (fn, ins, outs, tools, getattr(call, "keepalive", None)
+                      or getattr(job.source, "keepalive", None))
     return job.cache[key]
 
 
@@ -151,13 +154,13 @@ def _converter_route(job: Job, out: Any, opts: dict[str, Any]
                      ) -> tuple[list[Mapped], list[Mapped], Any, dict]:
     from edgepack.backends.passes import tflite_converter as tc
 
-    fn, ins, outs, tools = _tf_function(job, opts)
+    fn, ins, outs, tools, owner = _tf_function(job, opts)
     perms = {m.spec.name: m.perm for m in ins if m.perm}
     calib = (_calib_feeds(job, perms, opts["calibration_samples"])
              if job.precision == "int8" else None)
     job.progress(f"TFLiteConverter → tflite ({job.precision})")
     record = tc.convert(fn, out, job.precision, calib, io_type=opts["int8_io"],
-                        input_names=[m.spec.name for m in ins])
+                        input_names=[m.spec.name for m in ins], trackable=owner)
     return ins, outs, record, tools
 
 
@@ -221,6 +224,10 @@ class TFLiteBackend:
     name = "tflite"
     runtime = "litert"
     harness = "bench_litert.py"
+
+    def check(self, profile: Any, precision: str) -> None:
+        """Usage errors before any work: unknown/bad options (``options`` raises)."""
+        options(profile)
 
     def build(self, job: Job) -> Artifact:
         from edgepack.backends.passes import tflite_inspect
