@@ -37,13 +37,19 @@ def test_real_classifier_tflite_int8(effnet, tmp_path, form):
     """Full-integer TFLite from torch (litert-torch PT2E) and from ONNX (onnx2tf +
     TFLiteConverter). Before conv+ReLU6 fusion the PT2E route gave top-1 0.717."""
     if form == "python":
-        model = f"{ROOT / 'benchmarks' / 'real_models' / 'efficientnet_lite0.py'}:load_model"
-        extra = ["--input", "input:1x3x224x224:float32", "--output", "logits"]
+        # a config: the search's time budget is capped to keep the suite short
+        config = tmp_path / "edgepack.yaml"
+        entry = ROOT / "benchmarks" / "real_models" / "efficientnet_lite0.py"
+        config.write_text(f"model: {entry}:load_model\n"
+                          "inputs: [{name: input, shape: [1, 3, 224, 224], dtype: float32}]\n"
+                          "outputs: [logits]\nint8: {max_seconds: 120}\n")
+        model, extra = config, []
     else:
         model, extra = effnet["onnx"], []
     proc = run_cli("build", model, *extra, "--target", "tflite", "--precision", "int8",
                    "--calib", effnet["calib"], "--eval", effnet["eval"],
-                   "--task", "classification", "--out", tmp_path, "--json", timeout=1500)
+                   "--task", "classification", "--out", tmp_path / "dist", "--json",
+                   timeout=1500)
     summary = json.loads(proc.stdout)
     (bundle,) = summary["bundles"]
     assert proc.returncode == 0, proc.stderr[-2000:] + json.dumps(bundle, indent=1)
@@ -51,7 +57,7 @@ def test_real_classifier_tflite_int8(effnet, tmp_path, form):
     logits = bundle["metrics"]["logits"]
     assert logits["top1_agreement"] >= 0.9
     assert logits["cosine_mean"] >= 0.98
-    manifest = json.loads((tmp_path / bundle["path"] / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "dist" / bundle["path"] / "manifest.json").read_text())
     quant = manifest["quantization"]
     if form == "python":
         assert quant["route"] == "litert-torch"

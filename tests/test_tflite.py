@@ -220,6 +220,45 @@ def test_onnx_route_through_onnx2tf(digits_onnx, tmp_path):
     assert logits["reference_task_accuracy"] - logits["task_accuracy"] <= 1.5
 
 
+_NO_NETWORK = """
+import os, socket
+
+def _refuse(*args, **kwargs):
+    with open(os.environ["EDGEPACK_TEST_NET_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {args[1:] if len(args) > 1 else args}\\n")
+    raise OSError("network disabled by the test")
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+"""
+
+
+@needs_onnx2tf
+@pytest.mark.parametrize("route", ["litert-torch", "onnx2tf"])
+def test_build_attempts_no_network(route, digits_onnx, tmp_path):
+    """Every process of a build (CLI, spawned workers, LiteRT runner) gets a
+    sitecustomize that logs and refuses connections; onnx2tf's own environment
+    refuses them by itself. The build must pass and log nothing."""
+    from conftest import EDGEPACK
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_NO_NETWORK)
+    log = tmp_path / "connections.log"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "EDGEPACK_TEST_NET_LOG": str(log),
+           "PYTHONWARNINGS": "ignore"}
+    model = DIGITS / "edgepack.yaml" if route == "litert-torch" else digits_onnx
+    extra = [] if route == "litert-torch" else ["--calib", str(DIGITS / "calib.npz"),
+                                                 "--eval", str(DIGITS / "eval.npz")]
+    proc = subprocess.run([*EDGEPACK, "build", str(model), *extra, "--target", "tflite",
+                           "--precision", "fp32", "--precision", "int8", "--out",
+                           str(tmp_path / "d"), "--json"], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {b["status"] for b in _summary(proc)["bundles"]} == {"passed"}
+    assert not log.exists(), log.read_text()
+
+
 def _conv1d_onnx(path: Path) -> None:
     import torch
 

@@ -120,9 +120,29 @@ def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], li
             [i for i, m in enumerate(outs) if m.perm])
     perms = {m.spec.name: m.perm for m in ins if m.perm}
     calib = _calib_feeds(job, perms, calib_limit) if job.precision == "int8" else None
+    search = _search_settings(job, [m.spec.name for m in outs]) if calib else None
     job.progress(f"litert-torch → tflite ({job.precision})")
-    record = lt.convert(job.cache[key], [m.spec for m in ins], out, job.precision, calib)
+    record = lt.convert(job.cache[key], [m.spec for m in ins], out, job.precision, calib,
+                        search=search)
     return ins, outs, record
+
+
+def _search_settings(job: Job, output_names: list[str]) -> dict[str, Any]:
+    """The int8 accuracy search's settings: the onnx backend's stricter calibration
+    targets and the build's int8 budget (edgepack.yaml / profile ``int8``)."""
+    from dataclasses import replace
+
+    from edgepack.backends.onnx import search_tolerances
+    from edgepack.quantize.search import Budget
+
+    settings = {**job.profile.int8, **job.int8}
+    budget = Budget()
+    if "max_float_nodes" in settings:
+        budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
+    if "max_seconds" in settings:
+        budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+    return {"output_names": output_names, "tolerances": search_tolerances(job.tolerances),
+            "task": job.task, "budget": budget, "progress": job.progress}
 
 
 def _tf_function(job: Job, opts: dict[str, Any]

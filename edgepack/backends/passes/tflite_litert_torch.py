@@ -65,10 +65,13 @@ def channel_last_module(model: Any, inputs: Sequence[int], outputs: Sequence[int
 
 
 def convert(model: Any, inputs: Sequence[TensorSpec], out_path: Path, precision: str,
-            calib: Sequence[dict[str, np.ndarray]] | None = None) -> dict[str, Any] | None:
+            calib: Sequence[dict[str, np.ndarray]] | None = None,
+            search: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Convert ``model`` (already channel-last) traced with zeros of ``inputs``' shapes.
 
     ``calib``: feeds in the artifact's layout, keyed by input name (int8 only).
+    ``search``: int8 accuracy search settings (``tflite_pt2e_search.search_pt2e``'s
+    output_names, tolerances, task, budget, progress); None: plain PT2E.
     Returns the quantization record (None for float precisions).
     """
     import torch
@@ -96,7 +99,7 @@ def convert(model: Any, inputs: Sequence[TensorSpec], out_path: Path, precision:
                           "weights": "int8 per-channel symmetric (embeddings included)",
                           "activations": "float (quantized at run time)"}
             elif precision == "int8":
-                edge, record = _pt2e(litert_torch, model, args, inputs, calib)
+                edge, record = _pt2e(litert_torch, model, args, inputs, calib, search)
             else:
                 raise ConversionError(f"litert-torch does not build {precision!r}")
             edge.export(str(out_path))
@@ -109,7 +112,8 @@ def convert(model: Any, inputs: Sequence[TensorSpec], out_path: Path, precision:
 
 
 def _pt2e(litert_torch: Any, model: Any, args: tuple, inputs: Sequence[TensorSpec],
-          calib: Sequence[dict[str, np.ndarray]] | None) -> tuple[Any, dict]:
+          calib: Sequence[dict[str, np.ndarray]] | None,
+          search: dict[str, Any] | None = None) -> tuple[Any, dict]:
     """Static int8: PT2E prepare, calibrate, convert, lower to TFLite."""
     import torch
     from litert_torch.quantize import pt2e_quantizer as pq
@@ -118,13 +122,19 @@ def _pt2e(litert_torch: Any, model: Any, args: tuple, inputs: Sequence[TensorSpe
 
     if not calib:
         raise ConversionError("static int8 needs calibration data (--calib)")
-    quantizer = _quantizer_class(pq)().set_global(
-        pq.get_symmetric_quantization_config(is_per_channel=True))
-    graph = torch.export.export(model, args).module()
-    prepared = prepare_pt2e(graph, quantizer)
-    for feeds in calib:
-        prepared(*(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in inputs))
-    converted = convert_pt2e(prepared, fold_quantize=False)
+    found: dict[str, Any] | None = None
+    if search is not None:
+        from edgepack.backends.passes.tflite_pt2e_search import search_pt2e
+
+        converted, quantizer, found = search_pt2e(model, inputs, calib=calib, **search)
+    else:
+        quantizer = _quantizer_class(pq)().set_global(
+            pq.get_symmetric_quantization_config(is_per_channel=True))
+        graph = torch.export.export(model, args).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        for feeds in calib:
+            prepared(*(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in inputs))
+        converted = convert_pt2e(prepared, fold_quantize=False)
     edge = litert_torch.convert(converted, args,
                                 quant_config=qc.QuantConfig(pt2e_quantizer=quantizer))
     record = {
@@ -137,8 +147,10 @@ def _pt2e(litert_torch: Any, model: Any, args: tuple, inputs: Sequence[TensorSpe
         "fused_activations": quantizer.fused,
         "calibration_samples": len(calib),
         "io_type": "int8",
-        "nodes_in_float": [],
+        "nodes_in_float": [e["name"] for e in found["excluded"]] if found else [],
     }
+    if found is not None:
+        record["search"] = found
     return edge, record
 
 
