@@ -87,7 +87,10 @@ def settings_for(profile: Any, precision: str) -> Settings:
     if not isinstance(max_opset, int) or not isinstance(workspace, int) or workspace < 1:
         raise UsageError(f"{where}: max_opset and workspace_mib must be positive integers")
     dla = opts.get("dla_core")
-    cores = int(profile.device.get("dla_cores", 0) or 0)
+    cores = profile.device.get("dla_cores", 0) or 0
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
+        raise UsageError(f"profile {profile.name}: device.dla_cores must be the number of DLA "
+                         f"cores (0 or more), not {cores!r}")
     if dla is not None:
         if not isinstance(dla, int) or not 0 <= dla < max(cores, 0) or isinstance(dla, bool):
             raise UsageError(f"{where}.dla_core {dla!r}: {profile.name} has {cores} DLA core(s)"
@@ -423,13 +426,14 @@ class TensorRTBackend:
     harness = "bench_tensorrt.py"
 
     def check(self, profile: Any, precision: str) -> None:
-        """Profile option errors, before any work is done (UsageError, one line)."""
+        """Profile option and precision errors, before any work is done (UsageError)."""
+        if precision not in ("fp32", "fp16", "int8"):
+            raise UsageError(f"the tensorrt backend builds fp32, fp16 and int8, not "
+                             f"{precision!r}; pick one of those or another target")
         settings_for(profile, precision)
 
     def build(self, job: Job) -> Artifact:
-        if job.precision not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"the tensorrt backend builds fp32, fp16 and int8, not "
-                             f"{job.precision!r}")
+        self.check(job.profile, job.precision)
         s = settings_for(job.profile, job.precision)
         graph, info = _trt_graph(job, s)
         out = job.workdir / "model.onnx"
