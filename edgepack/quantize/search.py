@@ -72,6 +72,10 @@ class SearchResult:
     path: list[Step] = field(default_factory=list)  # all-int8, then the greedy steps in order
     stopped: str = ""  # why the search ended
     budget: Budget = field(default_factory=Budget)
+    # all-int8 under the ranking score when leave-one-out used a cheaper one (else NaN)
+    ranking_baseline: float = float("nan")
+    group_scores: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    leave_one_out: str = ""  # "complete" or why it was cut
 
     def to_record(self) -> dict:
         """JSON-able and deterministic: no timings, no paths."""
@@ -85,6 +89,9 @@ class SearchResult:
                 {"name": n, "leave_one_out_score": round_score(loo.get(n))} for n in self.excluded
             ],
             "ranking": [[n, round_score(s)] for n, s in self.ranking],
+            "ranking_baseline_score": round_score(self.ranking_baseline),
+            "groups": [{"nodes": list(g), "score": round_score(sc)} for g, sc in self.group_scores],
+            "leave_one_out": self.leave_one_out,
             "steps": [s.to_record() for s in self.path],
             "candidates_tried": len(self.steps),
             "budget": self.budget.to_dict(),
@@ -102,16 +109,24 @@ def search(
     candidates: Sequence[str],
     budget: Budget,
     progress: Callable[[str], None] | None = None,
+    rank: Callable[[Path], float] | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> SearchResult:
     """Find a small set of nodes to keep in float so that ``evaluate`` passes.
 
     1. all-int8: if it passes, done;
     2. leave-one-out: score each candidate kept float alone; rank by score
-       (higher = more harmful when quantized), ties by candidate order;
+       (higher = more harmful when quantized), ties by candidate order. With
+       ``rank`` (a cheaper score, e.g. on part of the calibration data) the
+       singles are ranked by it and only the best-ranked one is evaluated in full.
+       ``groups`` (look-alike nodes) are first scored as a whole and only the
+       members of groups that helped are then scored alone. At most half the
+       time budget goes to this step;
     3. greedy: add ranked nodes (only those whose exclusion helped) one at a
-       time until the score passes or the budget (float nodes, size growth,
-       time) is spent. A node is skipped when it would break the size budget
-       or does not raise the score on top of the nodes already kept.
+       time (a helpful group in one step, before its members) until the score
+       passes or the budget (float nodes, size growth, time) is spent. A step is
+       skipped when it would break the size budget or does not raise the score
+       on top of the nodes already kept.
 
     Never claims a pass it did not measure: when the budget runs out the
     best-scoring candidate is returned with ``passed=False``.
@@ -154,9 +169,15 @@ def search(
             path=path,
             stopped=stopped,
             budget=budget,
+            ranking_baseline=base_rank if rank is not None else float("nan"),
+            group_scores=group_scores,
+            leave_one_out=(loo_cut or "complete") if ranking else "",
         )
 
     say("quantizing (all int8)")
+    base_rank = float("nan")
+    group_scores: list[tuple[tuple[str, ...], float]] = []
+    loo_cut = ""
     base = trial((), "all-int8")
     path = [base]
     if base.passed:
@@ -166,63 +187,134 @@ def search(
         return result(base, [], "no candidates to keep in float")
     max_bytes = base.size * (1.0 + budget.max_size_growth)
 
-    # 2. leave-one-out sensitivity
+    def ranked(excluded: tuple[str, ...], note: str) -> float:
+        """The cheap score; the artifact is kept for a later full evaluation."""
+        t = time.monotonic()
+        artifact = quantize(list(excluded))
+        score = float(rank(artifact))
+        if not math.isfinite(score):
+            score = float("-inf")
+        steps.append(Step(excluded, score, False, _size(artifact), time.monotonic() - t,
+                          f"{note} (ranking score)"))
+        return score
+
+    def loo(excluded: tuple[str, ...], note: str) -> float:
+        return trial(excluded, note).score if rank is None else ranked(excluded, note)
+
+    # 2. leave-one-out sensitivity, in at most half the time budget (the greedy steps
+    # need the rest). Look-alike nodes (``groups``: e.g. the same projection in every
+    # transformer layer) are first kept float together; only the members of groups
+    # that helped are then tried one by one, most helpful group first, so a cut
+    # leaves the likeliest nodes ranked.
+    base_rank = base.score if rank is None else ranked((), "all-int8")
+    loo_end = t0 + budget.max_seconds / 2
+    units = _units(names, groups)
+    todo = sum(len(u) for u in units) + sum(len(u) > 1 for u in units)
+    done = 0
     scores: dict[str, float] = {}
-    stopped = ""
-    for i, name in enumerate(names):
-        if out_of_time():
-            stopped = "time budget spent during leave-one-out"
+    for unit in units:
+        if time.monotonic() > loo_end:
+            loo_cut = "time budget spent during leave-one-out"
             break
-        say(f"leave-one-out {i + 1}/{len(names)}")
-        scores[name] = trial((name,), "leave-one-out").score
+        done += 1
+        say(f"leave-one-out {done}/{todo}")
+        score = loo(unit, "leave-one-out" if len(unit) == 1 else "group leave-one-out")
+        if len(unit) == 1:
+            scores[unit[0]] = score
+        else:
+            group_scores.append((unit, score))
+    for unit, score in sorted(group_scores, key=lambda t: -t[1]):  # stable: ties keep order
+        if loo_cut or score <= base_rank:
+            continue
+        for name in unit:
+            if time.monotonic() > loo_end:
+                loo_cut = "time budget spent during leave-one-out"
+                break
+            done += 1
+            say(f"leave-one-out {done}/{todo}")
+            scores[name] = loo((name,), "leave-one-out")
     order = {n: i for i, n in enumerate(names)}
     ranking = sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 
     def best_of(pool: list[Step]) -> Step:
         # highest score; ties: fewer float nodes, then first tried
-        ranked = sorted(enumerate(pool), key=lambda t: (-t[1].score, len(t[1].excluded), t[0]))
-        return ranked[0][1]
+        top = sorted(enumerate(pool), key=lambda t: (-t[1].score, len(t[1].excluded), t[0]))
+        return top[0][1]
 
-    singles = [cache[frozenset((n,))] for n in scores]
+    if rank is not None and ranking and not out_of_time():
+        trial((ranking[0][0],), "leave-one-out")  # the best-ranked single, in full
+    singles = [cache[frozenset((n,))] for n in scores if frozenset((n,)) in cache]
     passing = [s for s in singles if s.passed and s.size <= max_bytes]
     if passing:
         chosen = best_of(passing)
         path.append(replace(chosen, note="leave-one-out: passed"))
         return result(chosen, ranking, "passed with one node in float")
 
-    # 3. greedy: only nodes whose exclusion alone improved on all-int8
-    helpful = [n for n, s in ranking if s > base.score]
+    # 3. greedy: only nodes (or look-alike groups, as one step) whose exclusion alone
+    # improved on all-int8, most helpful first
+    helpful = [n for n, s in ranking if s > base_rank]
+    steps_in_order = sorted([(g, sc) for g, sc in group_scores if sc > base_rank]
+                            + [((n,), sc) for n, sc in ranking if sc > base_rank],
+                            key=lambda t: -t[1])  # stable: a group before its members
     kept: list[str] = []
     current = base
+    stopped = ""
     within = [base, *(s for s in singles if s.size <= max_bytes)]
-    for name in helpful:
-        if stopped:
-            break
-        if len(kept) >= budget.max_float_nodes:
+    within += [cache[frozenset(u)] for u, _ in group_scores  # scored in full (no ``rank``)
+               if frozenset(u) in cache and cache[frozenset(u)].size <= max_bytes]
+    for unit, _ in steps_in_order:
+        add = tuple(n for n in unit if n not in kept)
+        if not add:
+            continue
+        if len(kept) + len(add) > budget.max_float_nodes:
+            if len(add) > 1:
+                continue  # a whole group does not fit: its members may, one by one
             stopped = "float-node budget spent"
             break
         if out_of_time():
             stopped = "time budget spent"
             break
-        say(f"keeping {len(kept) + 1} node(s) in float")
-        step = replace(trial((*kept, name), "greedy"), note="greedy")
+        say(f"keeping {len(kept) + len(add)} node(s) in float")
+        step = replace(trial((*kept, *add), "greedy"), note="greedy")
         if step.size > max_bytes:
             path.append(replace(step, note="greedy: skipped, over size budget"))
             continue
         within.append(step)
         if step.passed:
             path.append(step)
-            return result(step, ranking, f"passed with {len(kept) + 1} node(s) in float")
+            return result(step, ranking, f"passed with {len(step.excluded)} node(s) in float")
         if step.score <= current.score:
             # interactions: helped alone, not on top of the others
             path.append(replace(step, note="greedy: skipped, no gain"))
             continue
         path.append(step)
-        kept.append(name)
+        kept.extend(add)
         current = step
     if not stopped:
-        stopped = "no more helpful nodes" if helpful else "no node helped when kept in float"
-    return result(best_of(within), ranking, stopped)
+        stopped = loo_cut or ("no more helpful nodes" if helpful
+                              else "no node helped when kept in float")
+    passed = [s for s in within if s.passed]  # e.g. a whole group kept float
+    return result(best_of(passed or within), ranking, stopped)
+
+
+def _units(names: list[str], groups: Sequence[Sequence[str]] | None) -> list[tuple[str, ...]]:
+    """Leave-one-out units in candidate order: each group (restricted to the
+    candidates) at its first member, every other candidate alone."""
+    wanted = set(names)
+    group_of: dict[str, tuple[str, ...]] = {}
+    for g in groups or ():
+        members = tuple(dict.fromkeys(n for n in g if n in wanted and n not in group_of))
+        for n in members:
+            group_of[n] = members
+    units: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            continue
+        unit = group_of.get(n, (n,))
+        seen.update(unit)
+        units.append(unit)
+    return units
 
 
 def _size(path: Path) -> int:
