@@ -26,8 +26,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from edgepack.backends.base import Artifact, Job
 from edgepack.backends.passes.tflite_layout import (
     Mapped,
@@ -150,7 +148,9 @@ def _search_settings(job: Job, output_names: list[str]) -> dict[str, Any]:
 def _tf_function(job: Job, opts: dict[str, Any]
                  ) -> tuple[Any, list[Mapped], list[Mapped], dict, Any]:
     """A traced TF function of the source (Keras/SavedModel, or onnx2tf's SavedModel),
-    and the object that owns its variables (the converter must keep it alive)."""
+    and, for onnx2tf, the loaded SavedModel that owns its variables (the converter must
+    keep it alive; given a Keras model instead, it keeps resource variables that the
+    int8 calibration cannot read)."""
     key = "tflite:tf-function"
     if key in job.cache:
         return job.cache[key]
@@ -167,8 +167,7 @@ def _tf_function(job: Job, opts: dict[str, Any]
 
         ins, outs, call, tools = onnx2tf_savedmodel(job, keep_shape=opts["onnx2tf_keep_shape"])
     fn = tc.concrete_function(call, [m.spec for m in ins], [m.spec.name for m in outs])
-    job.cache[key] = (fn, ins, outs, tools, getattr(call, "keepalive", None)
-                      or getattr(job.source, "keepalive", None))
+    job.cache[key] = (fn, ins, outs, tools, getattr(call, "keepalive", None))
     return job.cache[key]
 
 
@@ -181,56 +180,9 @@ def _converter_route(job: Job, out: Any, opts: dict[str, Any]
     calib = (_calib_feeds(job, perms, opts["calibration_samples"])
              if job.precision == "int8" else None)
     job.progress(f"TFLiteConverter → tflite ({job.precision})")
-    if calib:
-        record = _converter_int8_search(job, fn, owner, calib, ins, outs, out, opts)
-    else:
-        record = tc.convert(fn, out, job.precision, calib, io_type=opts["int8_io"],
-                            input_names=[m.spec.name for m in ins], trackable=owner)
+    record = tc.convert(fn, out, job.precision, calib, io_type=opts["int8_io"],
+                        input_names=[m.spec.name for m in ins], trackable=owner)
     return ins, outs, record, tools
-
-
-def _converter_int8_search(job: Job, fn: Any, owner: Any, calib: list[Arrays],
-                           ins: list[Mapped], outs: list[Mapped], out: Any,
-                           opts: dict[str, Any]) -> dict[str, Any]:
-    """Full-integer int8 through TFLiteConverter and the op-type search; each
-    candidate runs for real in a LiteRT worker on the calibration data."""
-    from edgepack.backends.onnx import calibration_judge
-    from edgepack.backends.passes import tflite_inspect
-    from edgepack.backends.passes.tflite_converter_search import search_int8
-    from edgepack.runners.base import run_samples
-    from edgepack.runners.litert import LayoutMappedRunner, LiteRTRunner
-
-    settings = _search_settings(job, [m.spec.name for m in outs])
-    accept = calibration_judge(job, settings["tolerances"])
-    perms_in = {m.spec.name: m.perm for m in ins if m.perm}
-    perms_out = {m.spec.name: m.perm for m in outs if m.perm}
-
-    def evaluate(path: Any) -> tuple[bool, float]:
-        try:
-            _, names, _ = _artifact_signature(ins, outs, tflite_inspect.io_details(path))
-            runner: Runner = LiteRTRunner(path, names=names)
-            if perms_in or perms_out:
-                runner = LayoutMappedRunner(runner, perms_in, perms_out)
-            try:
-                outputs = run_samples(runner, job.calib.inputs, job.source.signature.batch)
-            finally:
-                getattr(runner, "inner", runner).close()
-        except Exception as e:  # noqa: BLE001 - a crashing candidate is the worst, not fatal
-            job.progress(f"candidate failed to run: {str(e)[:120]}")
-            return False, float("-inf")
-        if not all(np.isfinite(v).all() for v in outputs.values()):
-            return False, float("-inf")  # NaN/Inf outputs have no cosine to score
-        return accept(outputs)
-
-    blob, found = search_int8(
-        fn, owner, calib, [m.spec.name for m in ins], opts["int8_io"], evaluate,
-        settings["budget"], job.progress, job.workdir.parent / "tflite-int8-search")
-    out.write_bytes(blob)
-    return {"method": "full-integer", "tool": "tf.lite.TFLiteConverter (mlir_quantize)",
-            "calibration_samples": len(calib), "per_channel": True, "symmetric": "weights",
-            "activations": "int8 asymmetric", "io_type": opts["int8_io"],
-            "nodes_in_float": [], "op_types_in_float": [e["name"] for e in found["excluded"]],
-            "search": found}
 
 
 # ---------------------------------------------------------------- names and I/O
