@@ -70,6 +70,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else a / b
 
 
+def model_bytes(b: dict | None) -> int | None:
+    """The model file(s) of a bundle (no build script); older results: all artifacts."""
+    return None if b is None else (b.get("model_bytes") or b.get("bytes"))
+
+
 def latency(model: dict, name: str) -> dict:
     cand = (model.get("measure") or {}).get("candidates", {}).get(name) or {}
     return cand.get("latency_ms") or {}
@@ -111,7 +116,7 @@ def checks(results: dict) -> list[tuple[str, str, str]]:
             if not b["precision"].startswith("int8"):
                 continue
             fp32 = find_bundle(model, b["target"], "fp32")
-            r = ratio(fp32 and fp32.get("bytes"), b.get("bytes"))
+            r = ratio(model_bytes(fp32), model_bytes(b))
             good = r is not None and r >= SIZE_GOAL and accurate(b)
             ok &= good
             details.append(f"{b['target']} {b['precision']} {num(r, '{:.2f}')}× "
@@ -210,8 +215,8 @@ def bundle_table(model: dict) -> list[str]:
             f"| {b['target']} | {b['precision']} | {status_text(b)}{reason} | "
             f"{b['seconds']:.1f} ({num(steps.get('convert'), '{:.1f}')} / "
             f"{num(steps.get('validate'), '{:.1f}')}) | {kb(b.get('bytes'))} | "
-            f"{num(ratio(b.get('bytes'), params), '{:.2f}')} | "
-            f"{num(ratio(fp32 and fp32.get('bytes'), b.get('bytes')), '{:.2f}×')} | "
+            f"{num(ratio(model_bytes(b), params), '{:.2f}')} | "
+            f"{num(ratio(model_bytes(fp32), model_bytes(b)), '{:.2f}×')} | "
             f"{num(lat.get('p50'))} | {num(lat.get('p99'))} | {speed} | "
             f"{acc_text(first_metrics(b.get('metrics')))} | {alone_text} |")
     return lines
@@ -338,7 +343,10 @@ def render(results: dict[str, Any]) -> str:
             "(`open_runtime` + `edgepack_harness.time_calls`); baselines are timed with the "
             "same loop. `bench.py alone` is the harness run as a device would (own process).",
             "- size ratio, p50 ratio: edgepack ÷ baseline (< 1: edgepack smaller / faster). "
-            "`fp32 size ÷ this`: how many times smaller than the same target's fp32 artifact. "
+            "`fp32 size ÷ this` and B/param: the model file(s) only (`model.onnx`, "
+            "`model.tflite`, `model.mlpackage`; the `artifact` column also counts jetson's "
+            "`build_engine.sh`, ~2.4 kB at every precision): how many times smaller than the "
+            "same target's fp32 model. "
             "`p50 vs fp32` > 1 means slower than fp32 on this CPU.",
             "- accuracy Δ: edgepack minus baseline, in task-accuracy points for labelled "
             "classifiers, else in mean cosine to the source model's outputs.",

@@ -144,6 +144,10 @@ def edgepack_build(config: Path, targets: list[str], precisions: list[str], out:
             b["selection"] = m.get("selection")
             b["backend"] = m["target"]["backend"]
             b["validation_reason"] = m["validation"].get("reason")
+            # the model file(s) alone: jetson bundles also list build_engine.sh (~2.4 kB,
+            # the same at every precision), which is not part of the model
+            b["model_bytes"] = sum(a["bytes"] for a in m["artifacts"]
+                                   if a["path"].split("/")[0].startswith("model."))
     return {"exit_code": rc, "wall_seconds": seconds, "summary": data}
 
 

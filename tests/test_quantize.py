@@ -350,3 +350,187 @@ def test_effnet_lite0_int8_keeps_top1_on_held_out_photos(effnet):
     assert agree >= 0.95, (agree, rec["nodes_kept_float"], rec["calibration"])
     assert _cos(o, ref_e).mean() > 0.995 and _cos(o, ref_e).min() > 0.98
     assert out.stat().st_size < 0.4 * paths["onnx"].stat().st_size
+
+
+def test_search_scores_look_alike_groups_before_their_members(tmp_path):
+    # b and d look alike (say, one projection per layer): kept float together first;
+    # their group helped most, so they are ranked alone first; a+e helped a little
+    s = Synthetic(tmp_path, HARM, need=1.0625)
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(), groups=[["b", "d"], ["a", "e"]])
+    assert s.built[:4] == [(), ("a", "e"), ("b", "d"), ("c",)]
+    assert s.built[4:8] == [("b",), ("d",), ("a",), ("e",)]
+    assert r.passed and r.excluded == ["b", "d", "c"]
+    rec = r.to_record()
+    assert rec["groups"] == [{"nodes": ["a", "e"], "score": 0.515625},
+                             {"nodes": ["b", "d"], "score": 1.0}]
+    assert rec["leave_one_out"] == "complete"
+    # greedy: the helpful group in one step (reusing its group score), then c
+    assert [st["excluded"] for st in rec["steps"]] == [0, 2, 3]
+
+
+def test_search_ranks_with_a_cheaper_score_then_evaluates_in_full(tmp_path):
+    s = Synthetic(tmp_path, HARM, need=1.0625)
+    evaluated: list[tuple[str, ...]] = []
+
+    def evaluate(path):
+        evaluated.append(s.kept[path])
+        return s.evaluate(path)
+
+    def rank(path):  # e.g. a subset of the calibration data: here 0.25 lower throughout
+        return s.evaluate(path)[1] - 0.25
+
+    r = search(s.quantize, evaluate, list(HARM), Budget(), rank=rank)
+    # in full: all-int8, the best-ranked single, then only the greedy steps
+    assert evaluated == [(), ("b",), ("b", "d"), ("b", "d", "c")]
+    assert r.passed and r.excluded == ["b", "d", "c"] and r.score == 1.0625
+    rec = r.to_record()
+    assert rec["ranking_baseline_score"] == 0.25 and rec["baseline_score"] == 0.5
+    assert [n for n, _ in rec["ranking"]] == ["b", "d", "c", "a", "e"]
+
+
+def test_search_leave_one_out_takes_at_most_half_the_time(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    clock = iter(range(0, 10_000, 10))  # every reading 10 s later
+    fake = types.SimpleNamespace(monotonic=lambda: next(clock))
+    monkeypatch.setattr(sys.modules["edgepack.quantize.search"], "time", fake)
+    s = Synthetic(tmp_path, HARM, need=0.8125)
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(max_seconds=100))
+    rec = r.to_record()
+    assert rec["leave_one_out"] == "time budget spent during leave-one-out"
+    assert 0 < len(rec["ranking"]) < len(HARM)
+
+
+# --------------------------------------------------------------------------- what gets quantized
+
+MASKED = '''
+import torch
+from torch import nn
+
+
+class Pool(nn.Module):
+    """Embeddings, one attention-like block, then mask-weighted mean pooling (the
+    MiniLM tail: mask cast to float, token count clamped)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 16)
+        self.ln = nn.LayerNorm(16)
+        self.q, self.k, self.ff = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, ids, mask):
+        h = self.ln(self.emb(ids))
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(-1, -2) / 4.0, dim=-1)
+        h = h + self.ff(att @ h)
+        m = mask.unsqueeze(-1).float()
+        return (h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9)
+'''
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    folder = tmp_path_factory.mktemp("masked")
+    (folder / "pool.py").write_text(MASKED)
+    spec = importlib.util.spec_from_file_location("pool_model", folder / "pool.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.Pool().eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, (64, 12)).astype(np.int64)
+    mask = (np.arange(12)[None] < rng.integers(3, 13, (64, 1))).astype(np.int64)
+    path = folder / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])),
+                          str(path), dynamo=False, opset_version=17,
+                          input_names=["ids", "mask"], output_names=["out"])
+    with torch.no_grad():
+        ref = np.concatenate([net(torch.from_numpy(ids[i:i + 1]),
+                                  torch.from_numpy(mask[i:i + 1])).numpy() for i in range(64)])
+    return {"onnx": path, "calib": {"ids": ids, "mask": mask}, "ref": ref}
+
+
+def test_static_int8_quantizes_only_what_the_search_covers(masked, tmp_path):
+    """Only searched layers (MatMul/Gemm/Conv, embedding Gathers) round anything: no
+    Q/DQ exists for a LayerNorm, Softmax, Add or Mul on its own (a tensor is rounded
+    because a searched layer reads or produces it), and the embedding table is int8."""
+    import onnx
+
+    from edgepack.backends.passes.onnx_int8 import (
+        COMPUTE_OPS,
+        SAME_SCALE_OPS,
+        Int8Options,
+        quantize_static_int8,
+    )
+
+    never = lambda outs: (False, _cos(outs["out"], masked["ref"]).mean())  # noqa: E731
+    rec = quantize_static_int8(
+        masked["onnx"], tmp_path / "q.onnx", masked["calib"], 1, never,
+        Int8Options(method="minmax", bias_correction=False, budget=Budget(max_float_nodes=0)),
+    )
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    rounding = {*COMPUTE_OPS, *SAME_SCALE_OPS, "Gather"}
+    quantized_ops = set()
+    for q in (n for n in m.graph.node if n.op_type == "QuantizeLinear"):
+        src = producer.get(q.input[0])
+        readers = [c for dq in consumers.get(q.output[0], [])
+                   for c in consumers.get(dq.output[0], [])]
+        assert (src is not None and src.op_type in rounding) or any(
+            c.op_type in rounding for c in readers), (q.name, src and src.op_type)
+        quantized_ops.update(c.op_type for c in readers)
+    assert "MatMul" in quantized_ops
+    # the embedding table is stored in 8 bits and read through a DequantizeLinear
+    inits = {t.name: t for t in m.graph.initializer}
+    table = next(inits[dq.input[0]] for n in m.graph.node if n.op_type == "Gather"
+                 for dq in [producer.get(n.input[0])] if dq is not None)
+    assert tuple(table.dims) == (50, 16) and table.data_type == onnx.TensorProto.UINT8
+    assert rec["nodes_kept_float"] == []
+
+
+def test_fp16_keeps_mask_arithmetic_in_float(masked, tmp_path):
+    import onnx
+
+    from edgepack.backends.passes.onnx_fp16 import integer_derived_nodes, to_fp16
+    from edgepack.backends.passes.onnx_int8 import _OrtRunner
+    from edgepack.runners.base import run_samples
+
+    blocked = integer_derived_nodes(onnx.load(str(masked["onnx"])))
+    ops = {n.name: n.op_type for n in onnx.load(str(masked["onnx"])).graph.node}
+    assert [ops[n] for n in blocked][:1] == ["Cast"] and "Clip" in {ops[n] for n in blocked}
+    half = to_fp16(masked["onnx"], tmp_path / "half.onnx")  # ORT refused it before
+    out = run_samples(_OrtRunner(half, quantized=False), masked["calib"], 1)["out"]
+    assert _cos(out, masked["ref"]).min() > 0.999
+
+
+def test_compact_onnx_keeps_numerics_and_io(digits, tmp_path):
+    import onnx
+
+    from edgepack.backends.passes.onnx_cleanup import compact_onnx
+    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+
+    p = tmp_path / "q.onnx"
+    quantize_static_int8(digits["onnx"], p, digits["calib"], 8, _accept(digits["ref_calib"]),
+                         Int8Options(method="minmax"))
+    m = onnx.load(str(p))
+    keep = next(n.name for n in m.graph.node if n.op_type == "Gemm")
+    stats = compact_onnx(m, [keep], drop_zero_points=True)
+    small = tmp_path / "small.onnx"
+    onnx.save(m, str(small))
+    onnx.checker.check_model(str(small))
+    assert stats["bytes_after"] == small.stat().st_size < stats["bytes_before"]
+    assert stats["zero_points_dropped"] == 7  # 3 conv weights + 4 int32 biases (not Gemm's)
+    assert [i.name for i in m.graph.input] == ["input"] and m.graph.output[0].name == "logits"
+    assert not m.graph.value_info and keep in {n.name for n in m.graph.node}
+    assert max(len(t) for n in m.graph.node for t in (*n.input, *n.output)
+               if t not in ("input", "logits")) <= 2
+    assert np.array_equal(_run(p, digits["eval"]), _run(small, digits["eval"]))

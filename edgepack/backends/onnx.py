@@ -5,12 +5,17 @@ Recipes (one cleaned fp32 graph shared by all precisions):
   fp16          cleaned onnx -> fp16 (float I/O kept)
   int8-dynamic  cleaned onnx -> ORT dynamic quantization
   int8          cleaned onnx -> static QDQ U8S8, calibrated, with the accuracy search
+Every precision's artifact is then compacted the same way (onnx_cleanup.compact_onnx:
+no value_info/doc strings/metadata, merged duplicate constants, short internal names,
+all-zero constant zero points omitted), so size ratios between precisions compare
+weights, not bookkeeping.
 """
 
 from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 from edgepack.backends.base import Artifact, Job
 from edgepack.backends.shared import fp32_onnx
@@ -56,6 +61,20 @@ def calibration_judge(job: Job, tolerances: dict[str, float]):
         return result.passed, float(min(cosines) if cosines else 0.0)
 
     return accept
+
+
+def compact_artifact(path: Path, keep_node_names: list[str],
+                     drop_zero_points: bool) -> dict[str, int]:
+    """Compact the ONNX file at ``path`` in place (see onnx_cleanup.compact_onnx)."""
+    import onnx
+
+    from edgepack.backends.passes.onnx_cleanup import compact_onnx
+
+    model = onnx.load(str(path))
+    stats = compact_onnx(model, keep_node_names, drop_zero_points=drop_zero_points)
+    if model.ByteSize() < 2**31 - 1:  # protobuf's limit; a bigger model stays as it was
+        path.write_bytes(model.SerializeToString())
+    return stats
 
 
 class OnnxBackend:
@@ -113,6 +132,10 @@ class OnnxBackend:
             options = {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)}
         else:
             raise UsageError(f"the onnx backend does not build {job.precision!r}")
+        kept = [n["name"] for n in (quantization or {}).get("nodes_kept_float", [])]
+        stats = compact_artifact(out, kept, drop_zero_points=True)
+        if quantization is not None:
+            quantization["artifact_compaction"] = stats
         return Artifact(
             folder=job.workdir,
             files=["model.onnx"],

@@ -51,7 +51,9 @@ OPTION_KEYS = {"tensorrt", "max_opset", "workspace_mib", "dla_core", "gpu_fallba
                "int8_float_fallback", "shapes", "timing_cache"}
 INT8_FORMAT = "qdq-s8s8"
 PLACEMENT = ("TensorRT explicit quantization: Q/DQ on the activation inputs of "
-             "Conv/ConvTranspose/Gemm/MatMul and on both inputs of residual Adds only; "
+             "Conv/ConvTranspose/Gemm/MatMul, and on both inputs of residual Adds when both "
+             "already come quantized from those layers (Adds are not quantized on their "
+             "own: only searched layers round); "
              "int8 weights through per-channel DequantizeLinear on the output-channel axis; "
              "float biases; every zero point 0; one DequantizeLinear per consumer")
 
@@ -270,23 +272,33 @@ def _int8_options(job: Job):
         budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
     if "max_seconds" in settings:
         budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+    # embeddings=False: TensorRT fuses Q/DQ into Conv/MatMul weights only; an int8 Gather
+    # table would be dequantized back to float here, rounded for nothing.
     opts = Int8Options(method=settings.get("method", "auto"), per_channel=True, symmetric=True,
-                       budget=budget)
+                       budget=budget, embeddings=False)
     if "percentile" in settings:
         opts = replace(opts, percentile=float(settings["percentile"]))
     return opts
 
 
-def _placement(model: Any) -> dict[str, Any]:
-    from edgepack.backends.passes.trt_qdq import tensorrt_placement
+class _Placement:
+    """The search's transform: TensorRT's Q/DQ placement on every candidate, so the
+    search scores what ships; keeps each placement's report for the manifest."""
 
-    return tensorrt_placement(model)
+    def __init__(self) -> None:
+        self.reports: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def __call__(self, model: Any, excluded: list[str]) -> None:
+        from edgepack.backends.passes.trt_qdq import tensorrt_placement
+
+        self.reports[tuple(sorted(excluded))] = tensorrt_placement(model, excluded)
 
 
 def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     """Static symmetric int8 through the search, then TensorRT's Q/DQ placement."""
     import onnx
 
+    from edgepack.backends.passes.onnx_cleanup import compact_onnx
     from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS, quantize_static_int8
     from edgepack.backends.passes.trt_onnx import graph_opset, ir_version_for
     from edgepack.backends.passes.trt_qdq import (
@@ -302,8 +314,9 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     opts = _int8_options(job)
     # The search scores TensorRT's placement itself when the quantizer offers the hook.
     in_search = "transform" in {f.name for f in fields(opts)}
+    placement = _Placement()
     if in_search:
-        opts = replace(opts, transform=_placement)
+        opts = replace(opts, transform=placement)
     key = "tensorrt_int8:" + json.dumps(
         [str(base), repr(replace(opts, transform=None) if in_search else opts),
          sorted(job.tolerances.items()), job.task], sort_keys=True, default=str)
@@ -321,7 +334,8 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         job.progress("placing Q/DQ for TensorRT")
         model = onnx.load(str(raw))
     kept = [n["name"] for n in record.get("nodes_kept_float", [])]
-    report = tensorrt_placement(model, kept)
+    report = (placement.reports[tuple(sorted(kept))] if in_search
+              else tensorrt_placement(model, kept))
     floats = sorted(set(kept) | set(float_weighted_nodes(model)))
     opset = graph_opset(model)
     if opset > s.max_opset:
@@ -332,6 +346,9 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     if problems:
         raise ConversionError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} "
                               f"({len(problems)} problem(s))")
+    summary = qdq_summary(model, floats)
+    # zero points stay explicit (TensorRT 8.5 needs all three DQ inputs); identical ones merge
+    record["artifact_compaction"] = compact_onnx(model, kept, drop_zero_points=False)
     onnx.save_model(model, str(out))
     onnx.checker.check_model(str(out))
     job.progress("scoring the TensorRT placement on calibration data")
@@ -353,7 +370,7 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         "onnxruntime's placement (the TensorRT placement is applied after the search and "
         "re-scored on the calibration data: 'passed'/'score' above)",
         **report,
-        **qdq_summary(model, floats),
+        **summary,
         "float_layers_on_device": s.int8_float_fallback,
     }
     job.cache[key] = (out, json.loads(json.dumps(record)))
@@ -440,8 +457,11 @@ class TensorRTBackend:
         quantization = None
         if job.precision == "int8":
             quantization = _quantize(job, graph, out, s)
-        else:
+        else:  # compacted as the int8 graph is, so sizes compare weights, not bookkeeping
+            from edgepack.backends.onnx import compact_artifact
+
             shutil.copyfile(graph, out)
+            compact_artifact(out, [], drop_zero_points=False)
         render_build_script(job.workdir / BUILD_SCRIPT, job.profile.name, s, job.precision)
         from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS
 

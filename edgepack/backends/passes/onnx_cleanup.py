@@ -9,6 +9,7 @@ int8 quantizer refers to nodes by name.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,155 @@ def _save(model: Any, out_path: Path) -> None:
         onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=out_path.name + ".data", size_threshold=1024)
     os.replace(tmp, out_path)
+
+
+# --------------------------------------------------------------------------- compaction
+
+#: Dequantize ops whose all-zero zero point may be omitted (the ONNX default is 0).
+_OPTIONAL_ZERO_POINT = {"DequantizeLinear": 2, "MatMulInteger": 3}
+
+
+def compact_onnx(model: Any, keep_node_names: Iterable[str] = (),
+                 drop_zero_points: bool = False) -> dict[str, int]:
+    """Shrink ``model`` in place to what a runtime reads; the numerics do not change.
+
+    Drops doc strings, metadata and intermediate ``value_info`` (runtimes infer
+    shapes), merges byte-identical initializers, optionally omits all-zero zero
+    points of constant DequantizeLinear/MatMulInteger inputs (0 is the ONNX
+    default; TensorRT 8.5 wants them explicit, so it is a choice), and gives
+    internal tensors and nodes short names. Graph input/output names and the
+    nodes in ``keep_node_names`` (those a manifest refers to) keep their names.
+    Returns byte counts before/after and what was removed.
+    """
+    from edgepack.backends.passes.torch_to_onnx import strip_metadata
+
+    before = model.ByteSize()
+    strip_metadata(model)
+    del model.metadata_props[:]
+    graph = model.graph
+    del graph.value_info[:]
+    dropped = _drop_zero_points(graph) if drop_zero_points else 0
+    merged = _merge_duplicate_initializers(graph)
+    remove_unused_initializers(graph)
+    renamed = 0
+    if not _has_subgraphs(graph):  # outer-scope references would need tracking: keep names
+        renamed = _shorten_names(graph, set(keep_node_names))
+    return {"bytes_before": before, "bytes_after": model.ByteSize(),
+            "zero_points_dropped": dropped, "initializers_merged": merged,
+            "names_shortened": renamed}
+
+
+def _has_subgraphs(graph: Any) -> bool:
+    return any(a.HasField("g") or len(a.graphs) for n in graph.node for a in n.attribute)
+
+
+def _drop_zero_points(graph: Any) -> int:
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers.setdefault(t, set()).add(node.op_type)
+    dropped = 0
+    for node in graph.node:
+        index = _OPTIONAL_ZERO_POINT.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in inits:
+            continue
+        # only constant (weight/bias) inputs: an activation's zero point is its calibration
+        data = 0 if node.op_type == "DequantizeLinear" else 1
+        if node.input[data] not in inits:
+            continue
+        # ORT fuses DQ->Conv without it, but not DQ(weight)->Gemm: that ran as float Gemm
+        if node.op_type == "DequantizeLinear" and inits[node.input[0]].data_type != 6 and \
+                not readers.get(node.output[0], set()) <= {"Conv", "ConvTranspose"}:
+            continue  # 6: int32 biases are fine everywhere
+        if np.any(numpy_helper.to_array(inits[node.input[index]])):
+            continue
+        del node.input[index]
+        while node.input and not node.input[-1]:  # trailing empty optional inputs
+            del node.input[-1]
+        dropped += 1
+    return dropped
+
+
+def _merge_duplicate_initializers(graph: Any) -> int:
+    """Point every reader of a byte-identical initializer at the first copy."""
+    import hashlib
+
+    graph_inputs = {v.name for v in graph.input}
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for t in graph.initializer:
+        if t.name in graph_inputs:
+            continue
+        probe = type(t)()
+        probe.CopyFrom(t)
+        probe.name = ""
+        key = (t.data_type, tuple(t.dims),
+               hashlib.blake2b(probe.SerializeToString(), digest_size=20).digest())
+        if key in first:
+            alias[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not alias:
+        return 0
+    outputs = {o.name for o in graph.output}
+    alias = {k: v for k, v in alias.items() if k not in outputs}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    return len(alias)
+
+
+def _short(i: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        i, r = divmod(i, 36)
+        out = digits[r] + out
+        if i == 0:
+            return out
+
+
+def _shorten_names(graph: Any, keep_nodes: set[str]) -> int:
+    """Base-36 names for internal tensors and nodes, in graph order (deterministic)."""
+    fixed = {v.name for v in (*graph.input, *graph.output)}
+    taken_t = set(fixed)
+    names: dict[str, str] = {}
+    counter = 0
+
+    def fresh(taken: set[str]) -> str:
+        nonlocal counter
+        while _short(counter) in taken:
+            counter += 1
+        name = _short(counter)
+        counter += 1
+        return name
+
+    order = [t.name for t in graph.initializer]
+    for node in graph.node:
+        order.extend(node.input)
+        order.extend(node.output)
+    for t in order:
+        if t and t not in fixed and t not in names:
+            names[t] = fresh(taken_t)
+            taken_t.add(names[t])
+    for t in graph.initializer:
+        t.name = names.get(t.name, t.name)
+    for node in graph.node:
+        for i, t in enumerate(node.input):
+            if t:
+                node.input[i] = names.get(t, t)
+        for i, t in enumerate(node.output):
+            if t:
+                node.output[i] = names.get(t, t)
+    counter = 0
+    taken_n = set(keep_nodes)
+    for node in graph.node:
+        if node.name not in keep_nodes:
+            node.name = fresh(taken_n)
+            taken_n.add(node.name)
+    return len(names)

@@ -6,6 +6,10 @@ the fp32 model is run ONCE over the calibration data to collect every range
 bias correction; each candidate (a different set of nodes kept in float) is then
 built from those cached ranges by ORT's own QDQQuantizer in well under a second.
 
+What gets quantized: only ops the search can keep in float (COMPUTE_OPS, embedding
+Gathers) plus ops that reuse their input's scale, so every rounding in an int8
+artifact is one the search measured and could undo.
+
 Pitfalls this module exists to avoid (measured, see TOOLCHAIN.md):
 - ORT's ``WeightBiasQuantization`` optimizer re-quantizes (per-tensor) a float
   Conv/Gemm whose input comes from a DequantizeLinear, silently undoing the
@@ -27,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +48,25 @@ METHODS = ("minmax", "percentile", "entropy")
 #: What "auto" tries. Entropy scored no better than MinMax on real models
 #: (TOOLCHAIN.md, and here) and its histograms cost ~20 s on a 224px CNN.
 AUTO_METHODS = ("minmax", "percentile")
-#: Nodes that may be kept in float by the search: the layers that carry weights.
+#: Nodes that may be kept in float by the search: the layers that carry weights (and
+#: attention's activation x activation MatMuls). Together with embedding Gathers these
+#: are the only ops whose quantization rounds anything new, so the search covers every
+#: rounding in the graph.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Quantized only when their input already is, at the input's own scale: no new rounding.
+SAME_SCALE_OPS = ("Flatten", "MaxPool", "Reshape", "Slice", "Squeeze", "Transpose", "Unsqueeze")
+#: ReLU/Clip right after a quantized layer fold into its output range (U8S8).
+FOLDED_ACTIVATIONS = ("Clip", "Relu")
+#: Never quantized: normalization, softmax, residual/elementwise ops, GELU... ORT's
+#: default list quantizes them too, outside any search: on the MiniLM encoder that
+#: collapsed the output (cosine mean 0.37); with only the ops above all-int8 keeps a
+#: calibration mean cosine of 0.944, 0.992 once Gemm outputs stay float (below).
+#: Gemm outputs: a Gemm's output inside the graph is not quantized. ORT's QGemm
+#: computes a float output (unlike QLinearConv/QLinearMatMul it needs no Q after it),
+#: so the rounding only served the float readers, and on MiniLM it rounded the FFN
+#: output's residual-stream outliers (one channel ~20x the median) before the float
+#: Add/LayerNorm. A Gemm producing a graph output (logits) keeps ORT's int8 output.
+
 #: Applied to the fp32 graph before quantizing (recorded in the manifest).
 PREPROCESS = "onnxruntime basic graph optimizations (constant folding, Conv+Pad/BN fusion)"
 #: Histograms are updated every >= this many samples (bounds memory; the order is fixed).
@@ -59,6 +81,12 @@ class Int8Options:
     symmetric: bool = False  # False: U8S8 (CPU); True: S8S8, zero point 0 (TensorRT form)
     bias_correction: bool = True  # tried on top of the chosen method; kept only if it scores higher
     budget: Budget = field(default_factory=Budget)
+    # int8 embedding tables (Gather of a float initializer), searched like any layer.
+    # TensorRT fuses Q/DQ into Conv/MatMul only, so its route keeps tables float.
+    embeddings: bool = True
+    # Applied to every candidate before it is scored and shipped (e.g. TensorRT's Q/DQ
+    # placement): transform(model, nodes kept float) edits the ModelProto in place.
+    transform: Callable[[Any, Sequence[str]], Any] | None = None
 
 
 # --------------------------------------------------------------------------- sessions
@@ -172,11 +200,13 @@ def _load_fp32(fp32_path: Path, workdir: Path):
     return inferred, renamed
 
 
-def _quant_op_types() -> list[str]:
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    # sorted: quantize_static builds this from a set (order would vary per process)
-    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+def _quant_op_types(embeddings: bool = True) -> list[str]:
+    """The op types handed to ORT's quantizer: searched ops + exact (same-scale) ones."""
+    ops = {*COMPUTE_OPS, *SAME_SCALE_OPS, *FOLDED_ACTIVATIONS}
+    if embeddings:
+        ops.add("Gather")
+    # sorted: the quantizer keeps them in a set (order would vary per process)
+    return sorted(ops)
 
 
 def _inits(model) -> dict:
@@ -194,7 +224,8 @@ class _Calibration:
 
 
 def _calibrate(
-    model, calib: dict[str, np.ndarray], batch: int, methods: Sequence[str], percentile: float
+    model, calib: dict[str, np.ndarray], batch: int, methods: Sequence[str], percentile: float,
+    embeddings: bool = True,
 ) -> _Calibration:
     """One fp32 pass over `calib` -> ranges for every method in `methods` + input means.
 
@@ -210,7 +241,7 @@ def _calibrate(
         TensorsData,
     )
 
-    ops = set(_quant_op_types())
+    ops = set(_quant_op_types(embeddings))
     vis = {vi.name: vi for vi in model.graph.value_info}
     vis.update({o.name: o for o in model.graph.output})
     vis.update({i.name: i for i in model.graph.input})
@@ -533,11 +564,22 @@ def _quantizer_classes(cache: _WeightCache):
                 out.CopyFrom(cache.weights[key])
                 return out
 
+            create = qdq_mod.CreateQDQQuantizer
+            outputs = {o.name for o in self.model.graph().output}
+
+            def float_gemm_output(quantizer, node):
+                op = create(quantizer, node)
+                if node.op_type == "Gemm" and node.output[0] not in outputs:
+                    op.disable_qdq_for_node_output = True  # see the note on Gemm outputs
+                return op
+
             qdq_mod.quantize_onnx_initializer = memo
+            qdq_mod.CreateQDQQuantizer = float_gemm_output
             try:
                 return super().quantize_model()
             finally:
                 qdq_mod.quantize_onnx_initializer = original
+                qdq_mod.CreateQDQQuantizer = create
 
     return CachedQDQQuantizer
 
@@ -550,8 +592,8 @@ def _build(
     shifts: dict[str, np.ndarray] | None = None,
     fmt: str = "QDQ",
     cache: _WeightCache | None = None,
-) -> bytes:
-    """One candidate: ORT's quantizer on a copy of `model` with cached ranges."""
+) -> Any:
+    """One candidate (ModelProto): ORT's quantizer on a copy of `model` with cached ranges."""
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
     from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
 
@@ -560,7 +602,8 @@ def _build(
         _apply_bias_shifts(m, shifts, set(excluded))
     act = QuantType.QInt8 if options.symmetric else QuantType.QUInt8
     extra = {"ActivationSymmetric": options.symmetric, "WeightSymmetric": True}
-    args = (copy.deepcopy(ranges), [], list(excluded), _quant_op_types(), extra)
+    args = (copy.deepcopy(ranges), [], list(excluded), _quant_op_types(options.embeddings),
+            extra)
     with _quiet():
         if fmt == "QDQ":
             cls = _quantizer_classes(cache or _WeightCache())
@@ -580,12 +623,112 @@ def _build(
             raise ValueError(f"unknown quantization format {fmt!r}")
         q.quantize_model()
         q.model.topological_sort()
-    return q.model.model.SerializeToString()
+    if options.transform is not None:
+        options.transform(q.model.model, list(excluded))
+    return q.model.model
 
 
-def compute_nodes(model) -> list[str]:
-    """Candidates for float fallback: weighted layers, in graph order."""
-    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+#: Leave-one-out ranks on this many calibration samples when there are more than
+#: twice as many: on MiniLM one full score (200 sentences) took ~2.5 s of a ~3.3 s
+#: candidate, and the ranking only orders the greedy steps, which are scored in full.
+RANK_SAMPLES = 48
+
+
+def _ranking_score(model, calib: dict[str, np.ndarray], batch: int,
+                   scoring_path: Callable[[Path], Path]):
+    """(rank(artifact) -> mean cosine to the fp32 graph on a fixed, evenly spaced subset
+    of the calibration batches, samples used), or (None, None) for small sets."""
+    n = len(next(iter(calib.values())))
+    batches = n // batch
+    want = max(1, RANK_SAMPLES // batch)
+    if batches <= 2 * want:
+        return None, None
+    picks = np.linspace(0, batches - 1, want).round().astype(int)
+    idx = np.concatenate([np.arange(b * batch, (b + 1) * batch) for b in picks])
+    subset = {k: np.ascontiguousarray(v[idx]) for k, v in calib.items()}
+    reference = run_samples(_OrtRunner(model.SerializeToString(), quantized=False), subset,
+                            batch)
+
+    def rank(path: Path) -> float:
+        outs = run_samples(_OrtRunner(scoring_path(path)), subset, batch)
+        return min(_mean_cosine(reference[k], outs[k]) for k in reference)
+
+    return rank, len(idx)
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 1.0)
+    return float(cos.mean())
+
+
+def compute_nodes(model, embeddings: bool = True) -> list[str]:
+    """Candidates for float fallback, in graph order: weighted layers and attention
+    MatMuls, plus (``embeddings``) Gathers of a float table."""
+    import onnx
+
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return [
+        n.name for n in model.graph.node
+        if n.op_type in COMPUTE_OPS
+        or (embeddings and n.op_type == "Gather" and n.input and n.input[0] in floats)
+    ]
+
+
+def look_alike_groups(model, names: Sequence[str]) -> list[list[str]]:
+    """Candidates alike in op, attributes, weight shape and input producers (past
+    data-movement ops): e.g. the same projection in every transformer layer."""
+    from onnx import helper
+
+    inits = _inits(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    wanted = set(names)
+
+    def source(t: str) -> str:
+        for _ in range(16):
+            node = producer.get(t)
+            if node is None or node.op_type not in (*SAME_SCALE_OPS, "Identity"):
+                break
+            t = node.input[0]
+        node = producer.get(t)
+        return "constant" if t in inits else (node.op_type if node else "input")
+
+    by_key: dict[tuple, list[str]] = {}
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        attrs = tuple(sorted((a.name, repr(helper.get_attribute_value(a)))
+                             for a in node.attribute))
+        shapes = tuple(tuple(inits[t].dims) if t in inits else None for t in node.input)
+        feeds = tuple(source(t) for t in node.input if t and t not in inits)
+        by_key.setdefault((node.op_type, attrs, shapes, feeds), []).append(node.name)
+    return [g for g in by_key.values() if len(g) > 1]
+
+
+def _fold_weight_dequantize(model) -> None:
+    """DequantizeLinear of a constant -> its float value, computed once (in place).
+
+    For scoring S8S8 candidates only: ORT CPU has no fast kernel for symmetric int8
+    activations and re-dequantizes every weight on every run (~40 ms per MiniLM
+    sentence). Folded, the same float32 values run ~4x faster; scores agreed with the
+    unfolded graph to 2e-4 in mean cosine on the encoder.
+    """
+    from onnx import numpy_helper
+
+    from edgepack.backends.passes.trt_qdq import _dequantized, _Graph
+
+    g = _Graph(model)
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in g.inits:
+            model.graph.initializer.append(
+                numpy_helper.from_array(_dequantized(g, node), node.output[0]))
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 # --------------------------------------------------------------------------- public API
@@ -626,7 +769,8 @@ def quantize_static_int8(
             )
         say(f"calibrating ({', '.join(methods)})")
         try:
-            cal = _calibrate(model, calib, batch, methods, options.percentile)
+            cal = _calibrate(model, calib, batch, methods, options.percentile,
+                             options.embeddings)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT raises bare RuntimeErrors
@@ -640,18 +784,25 @@ def quantize_static_int8(
             key = (m, tuple(sorted(excluded)), shifts is not None)
             if key not in built:
                 try:
-                    data = _build(model, cal.ranges[m], excluded, options, shifts, cache=wcache)
+                    proto = _build(model, cal.ranges[m], excluded, options, shifts, cache=wcache)
                 except Exception as exc:  # noqa: BLE001
                     raise ConversionError(f"ORT quantization failed ({m}): {exc}") from exc
                 digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
                 path = work / f"cand-{digest}.onnx"
-                path.write_bytes(data)
+                path.write_bytes(proto.SerializeToString())
+                if options.symmetric:  # scored in a faster, equivalent form
+                    _fold_weight_dequantize(proto)
+                    path.with_suffix(".score.onnx").write_bytes(proto.SerializeToString())
                 built[key] = path
             return built[key]
 
+        def evaluate_path(path: Path) -> Path:
+            scoring = path.with_suffix(".score.onnx")
+            return scoring if scoring.is_file() else path
+
         def evaluate(path: Path) -> tuple[bool, float]:
             if path not in scored:
-                outs = run_samples(_OrtRunner(path), calib, batch)
+                outs = run_samples(_OrtRunner(evaluate_path(path)), calib, batch)
                 ok, score = accept(outs)
                 score = float(score)
                 if not np.isfinite(score):  # e.g. NaN outputs: worst, never passes
@@ -687,12 +838,15 @@ def quantize_static_int8(
         shifts = shifts_of.get(chosen) if best["bias_correction"] else None
 
         # 2. accuracy-aware search over layers kept in float
+        rank, rank_samples = _ranking_score(model, calib, batch, evaluate_path)
         result = search(
             quantize=lambda excluded: build(chosen, excluded, shifts),
             evaluate=evaluate,
-            candidates=compute_nodes(model),
+            candidates=compute_nodes(model, options.embeddings),
             budget=options.budget,
             progress=say,
+            rank=rank,
+            groups=look_alike_groups(model, compute_nodes(model, options.embeddings)),
         )
         data = Path(result.artifact).read_bytes()
     out_path = Path(out_path)
@@ -728,7 +882,7 @@ def quantize_static_int8(
         ],
         "nodes_renamed": renamed,
         "preprocess": PREPROCESS,
-        "search": rec,
+        "search": {**rec, "leave_one_out_samples": rank_samples or cal.samples},
         "passed": result.passed,
         "score": round_score(result.score),
         "disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS),
@@ -777,8 +931,10 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
 
 
 #: Dynamic int8 quantizes these only. Dynamic Conv (ConvInteger) measured on
-#: EfficientNet-Lite0: top-1 agreement 0.60 and 17x slower than fp32.
-DYNAMIC_OPS = ("MatMul", "Gemm")
+#: EfficientNet-Lite0: top-1 agreement 0.60 and 17x slower than fp32. Gather: int8
+#: embedding tables (half of MiniLM's weights; its int8-dynamic went from 1.56x to
+#: 3.9x smaller than fp32, cosine min/mean 0.979/0.993).
+DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
 
 
 def _ort_version() -> str:
