@@ -252,6 +252,7 @@ class TFLiteBackend:
 
     def build(self, job: Job) -> Artifact:
         from edgepack.backends.passes import tflite_inspect
+        from edgepack.backends.passes.tflite_compact import compact_tflite
 
         opts = options(job.profile)
         route = route_for(job, opts)
@@ -273,6 +274,8 @@ class TFLiteBackend:
             if route == "onnx2tf":
                 toolchain += ["onnx"] + (["torch"] if job.source.torch_model is not None else [])
         _check_mapped(ins, outs)
+        # every precision alike, so size ratios compare weights, not tensor names
+        compaction = compact_tflite(out)
         details = tflite_inspect.io_details(out)
         signature, names, io_quant = _artifact_signature(ins, outs, details)
         runtime_options: dict[str, Any] = {
@@ -292,6 +295,7 @@ class TFLiteBackend:
             if report is not None:
                 runtime_options["gpu_delegate"] = report
         runtime_options["route"] = route
+        runtime_options["compaction"] = compaction
         if tools:
             runtime_options["converter_tools"] = tools
         perms_in = {m.spec.name: m.perm for m in ins if m.perm}

@@ -159,12 +159,14 @@ def _outputs(result: Any) -> list[np.ndarray]:
 
 def search_pt2e(model: Any, inputs: Sequence[TensorSpec], output_names: Sequence[str],
                 calib: Sequence[dict[str, np.ndarray]], tolerances: dict[str, float],
-                task: str | None, budget: Budget, progress: Callable[[str], None]
-                ) -> tuple[Any, Any, dict]:
+                task: str | None, budget: Budget, progress: Callable[[str], None],
+                reference_model: Any = None) -> tuple[Any, Any, dict]:
     """(converted batch-1 PT2E graph, its quantizer, search record).
 
     ``tolerances``: what a candidate must meet on the calibration set against the
     float model's own outputs (the backend passes its stricter search targets).
+    ``reference_model``: the float model those outputs come from when ``model``
+    already carries weight-only int8 parts (embedding tables); default ``model``.
     """
     import torch
     from litert_torch.quantize import pt2e_quantizer as pq
@@ -185,7 +187,7 @@ def search_pt2e(model: Any, inputs: Sequence[TensorSpec], output_names: Sequence
                 for i, name in enumerate(output_names)}
 
     with torch.no_grad():
-        reference = run(model)
+        reference = run(model if reference_model is None else reference_model)
     def calibrated(excluded: Sequence[str]) -> Any:
         prepared = prepare_pt2e(copy.deepcopy(graph), quantizer_for(pq, excluded))
         with torch.no_grad():
