@@ -17,7 +17,9 @@ CONFIG_KEYS = {
     "tolerances", "out", "seed", "samples", "golden_samples", "int8",
     "allow_random_calibration", "timeout",
 }
-INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds"}
+INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds", "fallback"}
+#: What layers kept out of static int8 become where the runtime allows (onnx-cpu).
+INT8_FALLBACKS = ("float", "dynamic")
 TASKS = ("classification", "regression", None)
 
 
@@ -126,6 +128,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if "int8" in out:
         if not isinstance(out["int8"], dict) or set(out["int8"]) - INT8_KEYS:
             raise UsageError(f"config {path}: 'int8' takes only {sorted(INT8_KEYS)}")
+        if out["int8"].get("fallback", "float") not in INT8_FALLBACKS:
+            raise UsageError(f"config {path}: int8 fallback must be one of "
+                             f"{', '.join(INT8_FALLBACKS)}, not {out['int8']['fallback']!r:.40}")
     if out.get("task") not in TASKS:
         raise UsageError(f"config {path}: task must be classification or regression")
     return out

@@ -325,6 +325,8 @@ ROWS = [
     row(lambda k: [k.config(colour="red")], 2, "unknown keys ['colour']", id="config-unknown-key"),
     row(lambda k: [k.config(seed="abc")], 2, "'seed' must be an integer", id="config-bad-value"),
     row(lambda k: [k.config(targets=5)], 2, "'targets' must be", id="config-bad-targets"),
+    row(lambda k: [k.config(int8={"fallback": "fast"})], 2,
+        "int8 fallback must be one of float, dynamic, not 'fast'", id="config-int8-fallback"),
     # --- where the bundles go
     row(lambda k: onnx_with("--out", k.file("taken", b"a file"))(k), 2,
         "cannot write to --out", "choose a writable folder", id="out-is-a-file"),

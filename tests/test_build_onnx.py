@@ -90,6 +90,43 @@ def test_manifest_contract(digits_dist):
     assert str(out) not in text and "/tmp" not in text  # no absolute paths in hashed content
 
 
+def test_int8_manifest_records_the_fallback_honestly(digits_dist):
+    """onnx-cpu: layers the search keeps out of static int8 run as dynamic int8: the
+    manifest lists them as nodes_dynamic (MatMulInteger nodes of that name in the
+    artifact), nodes_kept_float only what really is float."""
+    import onnx
+
+    out, _ = digits_dist
+    q = mf.read(_bundle(out, "int8"))["quantization"]
+    assert q["fallback"] == "dynamic"
+    model = onnx.load(str(_bundle(out, "int8") / "model.onnx"))
+    integer = sorted(n.name for n in model.graph.node if n.op_type == "MatMulInteger")
+    assert integer == sorted(n["name"] for n in q["nodes_dynamic"])
+    names = {n.name: n.op_type for n in model.graph.node}
+    assert all(names.get(n["name"]) == n["op_type"] for n in q["nodes_kept_float"])
+    excluded = sorted(n["name"] for n in q["search"]["excluded"])
+    assert excluded == sorted(n["name"] for k in ("nodes_kept_float", "nodes_dynamic")
+                              for n in q[k])
+
+
+def test_calibration_judge_nan_outputs_score_worst():
+    """A candidate with NaN outputs (compare() reports cosine None) never passes and
+    scores below every real candidate."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgepack.backends.onnx import calibration_judge
+
+    ref = {"a": np.ones((4, 3), np.float32), "b": np.ones((4, 2), np.float32)}
+    job = SimpleNamespace(calib_reference=ref, task="regression")
+    accept = calibration_judge(job, {"cosine_min": 0.9})
+    ok, score = accept({"a": ref["a"] * 2, "b": np.full((4, 2), np.nan, np.float32)})
+    assert ok is False and score == float("-inf")
+    ok, score = accept({"a": ref["a"] * 2, "b": ref["b"]})
+    assert ok and score == pytest.approx(1.0)
+
+
 def test_builds_are_byte_identical(digits_dist, tmp_path):
     out, _ = digits_dist
     again = tmp_path / "again"

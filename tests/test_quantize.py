@@ -323,6 +323,78 @@ def test_dynamic_int8_digits(digits, tmp_path):
     assert (o.argmax(1) == digits["ref_eval"].argmax(1)).mean() >= 0.99
 
 
+def test_dynamic_fallback_runs_kept_out_gemm_as_matmul_integer(digits, tmp_path, monkeypatch):
+    """fallback="dynamic": the layer the search keeps out of static int8 runs as ORT
+    dynamic int8 (the onnx-cpu route), not float: smaller, recorded as nodes_dynamic,
+    still integer after compaction and with WeightBiasQuantization disabled."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgepack.backends.onnx import compact_artifact
+    from edgepack.backends.passes import onnx_int8
+    from edgepack.backends.passes.onnx_int8 import (
+        SESSION_DISABLED_OPTIMIZERS,
+        Int8Options,
+        quantize_static_int8,
+    )
+
+    # the search's candidates: the classifier Gemm only; "never passes" keeps it out
+    # whenever keeping it out scores higher than all-int8 (its int8 logits)
+    every = onnx_int8.compute_nodes
+    monkeypatch.setattr(onnx_int8, "compute_nodes", lambda m, e=True: [
+        n for n in every(m, e) if n.endswith("Gemm")])
+    never = lambda outs: (False, _accept(digits["ref_calib"])(outs)[1])  # noqa: E731
+    budget = Budget(max_float_nodes=1, max_size_growth=9.0)
+    recs, paths = {}, {}
+    for fb in ("float", "dynamic"):
+        paths[fb] = tmp_path / f"{fb}.onnx"
+        recs[fb] = quantize_static_int8(
+            digits["onnx"], paths[fb], digits["calib"], 8, never,
+            Int8Options(method="minmax", bias_correction=False, budget=budget, fallback=fb))
+    gemm = "/classifier/Gemm"
+    assert [n["name"] for n in recs["float"]["nodes_kept_float"]] == [gemm]
+    assert recs["float"]["nodes_dynamic"] == [] and recs["float"]["fallback"] == "float"
+    rec = recs["dynamic"]
+    assert rec["fallback"] == "dynamic" and rec["nodes_kept_float"] == []
+    assert [(n["name"], n["op_type"], n["runs_as"]) for n in rec["nodes_dynamic"]] == [
+        (gemm, "Gemm", "MatMulInteger")]
+    assert rec["search"]["excluded"][0]["name"] == gemm
+    json.dumps(rec)
+
+    # what the backend ships: compacted (zero points dropped), manifest names kept
+    sizes = {}
+    for fb, p in paths.items():
+        kept = [n["name"] for k in ("nodes_kept_float", "nodes_dynamic") for n in recs[fb][k]]
+        compact_artifact(p, kept, drop_zero_points=True)
+        sizes[fb] = p.stat().st_size
+    assert sizes["dynamic"] < 0.9 * sizes["float"], sizes  # 5120 int8 weights, not float
+
+    m = onnx.load(str(paths["dynamic"]))
+    inits = {i.name: i for i in m.graph.initializer}
+    by_name = {n.name: n for n in m.graph.node}
+    assert [n.name for n in m.graph.node if n.op_type == "MatMulInteger"] == [gemm]
+    assert sum(n.op_type == "DynamicQuantizeLinear" for n in m.graph.node) == 1
+    assert inits[by_name[gemm].input[1]].data_type == onnx.TensorProto.INT8
+    float_weighted = [n.name for n in m.graph.node if n.op_type in ("Gemm", "MatMul", "Conv")
+                      and n.input[1] in inits
+                      and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
+    assert float_weighted == []
+
+    # ORT with our session options runs it as integer (fused), not as a float Gemm
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(paths["dynamic"]), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=SESSION_DISABLED_OPTIMIZERS)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger"} & set(ops), ops
+    assert "Gemm" not in ops and "MatMul" not in ops, ops
+
+    o = _run(paths["dynamic"], digits["eval"])
+    assert (o.argmax(1) == digits["ref_eval"].argmax(1)).mean() >= 0.99
+    assert _cos(o, digits["ref_eval"]).min() >= 0.99
+
+
 # --------------------------------------------------------------------------- real classifier
 
 

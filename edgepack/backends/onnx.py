@@ -4,7 +4,9 @@ Recipes (one cleaned fp32 graph shared by all precisions):
   fp32          source -> onnx -> cleaned onnx
   fp16          cleaned onnx -> fp16 (float I/O kept)
   int8-dynamic  cleaned onnx -> ORT dynamic quantization
-  int8          cleaned onnx -> static QDQ U8S8, calibrated, with the accuracy search
+  int8          cleaned onnx -> static QDQ U8S8, calibrated, with the accuracy search; the
+                MatMul/Gemm layers the search keeps out of static int8 run as dynamic int8
+                (MatMulInteger), the other kept-out layers in float
 Every precision's artifact is then compacted the same way (onnx_cleanup.compact_onnx:
 no value_info/doc strings/metadata, merged duplicate constants, short internal names,
 all-zero constant zero points omitted), so size ratios between precisions compare
@@ -51,14 +53,16 @@ def calibration_judge(job: Job, tolerances: dict[str, float]):
     """accept(candidate outputs on calib) -> (meets tolerances, score): calibration data only.
 
     The score is the worst output's mean cosine: steadier than top-1 agreement
-    on a few hundred samples.
+    on a few hundred samples. A cosine compare() could not compute (None: NaN
+    outputs) is the worst score there is.
     """
     reference = job.calib_reference
 
     def accept(candidate: Arrays) -> tuple[bool, float]:
         result = compare(reference, candidate, tolerances, task=job.task)
         cosines = [m.get("cosine_mean", 0.0) for m in result.metrics.values()]
-        return result.passed, float(min(cosines) if cosines else 0.0)
+        cosines = [float("-inf") if c is None else float(c) for c in cosines]
+        return result.passed, min(cosines) if cosines else 0.0
 
     return accept
 
@@ -120,6 +124,8 @@ class OnnxBackend:
                 per_channel=settings.get("per_channel", True),
                 symmetric=settings.get("format") == "qdq-s8s8",
                 budget=budget,
+                # ORT CPU runs dynamic int8 MatMul well: kept-out MatMul/Gemm go dynamic
+                fallback=settings.get("fallback", "dynamic"),
             )
             if "percentile" in settings:
                 opts = replace(opts, percentile=float(settings["percentile"]))
@@ -132,7 +138,9 @@ class OnnxBackend:
             options = {"disabled_optimizers": list(SESSION_DISABLED_OPTIMIZERS)}
         else:
             raise UsageError(f"the onnx backend does not build {job.precision!r}")
-        kept = [n["name"] for n in (quantization or {}).get("nodes_kept_float", [])]
+        # the nodes the manifest names keep their names in the compacted artifact
+        kept = [n["name"] for key in ("nodes_kept_float", "nodes_dynamic")
+                for n in (quantization or {}).get(key, [])]
         stats = compact_artifact(out, kept, drop_zero_points=True)
         if quantization is not None:
             quantization["artifact_compaction"] = stats

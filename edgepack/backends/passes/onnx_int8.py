@@ -5,6 +5,10 @@ the fp32 model is run ONCE over the calibration data to collect every range
 (MinMax, Percentile and Entropy from the same pass) and the input means used by
 bias correction; each candidate (a different set of nodes kept in float) is then
 built from those cached ranges by ORT's own QDQQuantizer in well under a second.
+With ``Int8Options.fallback = "dynamic"`` (the onnx-cpu route) the kept-out MatMul/Gemm
+layers of every candidate run as ORT dynamic int8 instead (MatMulInteger, per-channel
+int8 weights as quantize_dynamic makes them, activations quantized per run), so the
+search scores exactly what ships; kept-out Conv/Gather/attention MatMuls stay float.
 
 What gets quantized: only ops the search can keep in float (COMPUTE_OPS, embedding
 Gathers) plus ops that reuse their input's scale, so every rounding in an int8
@@ -87,6 +91,11 @@ class Int8Options:
     # Applied to every candidate before it is scored and shipped (e.g. TensorRT's Q/DQ
     # placement): transform(model, nodes kept float) edits the ModelProto in place.
     transform: Callable[[Any, Sequence[str]], Any] | None = None
+    # What the layers the search keeps out of static int8 become: "float", or "dynamic":
+    # MatMul/Gemm with a float weight run as ORT dynamic int8 (MatMulInteger, per-channel
+    # int8 weights, activations quantized at run time), other kept-out layers stay float.
+    # ONNX Runtime CPU only (TensorRT has no MatMulInteger): its route keeps "float".
+    fallback: str = "float"
 
 
 # --------------------------------------------------------------------------- sessions
@@ -513,6 +522,7 @@ class _WeightCache:
     def __init__(self) -> None:
         self.params: dict[tuple, object] = {}
         self.weights: dict[tuple, object] = {}
+        self.dynamic: dict[tuple, tuple] = {}  # dynamic-int8 weights: (q, scale, zero point)
 
     @staticmethod
     def digest(proto) -> str:
@@ -623,9 +633,139 @@ def _build(
             raise ValueError(f"unknown quantization format {fmt!r}")
         q.quantize_model()
         q.model.topological_sort()
+    if options.fallback == "dynamic":
+        _to_dynamic(q.model.model, dynamic_nodes(q.model.model, excluded),
+                    cache or _WeightCache(), options.per_channel)
     if options.transform is not None:
         options.transform(q.model.model, list(excluded))
     return q.model.model
+
+
+#: Kept-out layers that the "dynamic" fallback runs as ORT dynamic int8.
+DYNAMIC_FALLBACK_OPS = ("Gemm", "MatMul")
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
+
+
+def dynamic_nodes(model, excluded: Sequence[str]) -> list[str]:
+    """The nodes of `excluded` the "dynamic" fallback quantizes dynamically, in `excluded`
+    order: MatMul/Gemm whose weight (input 1) is a 2-D float initializer (Gemm: not
+    transA). Attention's activation x activation MatMuls, Conv, Gather... stay float."""
+    import onnx
+
+    inits = _inits(model)
+    by_name = {n.name: n for n in model.graph.node}
+    out = []
+    for name in excluded:
+        node = by_name.get(name)
+        if node is None or node.op_type not in DYNAMIC_FALLBACK_OPS or len(node.input) < 2:
+            continue
+        w = inits.get(node.input[1])
+        if w is None or w.data_type != onnx.TensorProto.FLOAT or len(w.dims) != 2:
+            continue
+        if node.op_type == "Gemm" and _attr(node, "transA", 0):
+            continue
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] and \
+                node.input[2] not in inits:
+            continue  # a computed bias: rare, keep it simple (float)
+        out.append(name)
+    return out
+
+
+def _dynamic_weight(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights as ORT's dynamic quantizer makes them: symmetric, [-127, 127], zero
+    point 0, one scale per output column (axis 1 of the (K, N) MatMul weight)."""
+    absmax = np.abs(w).max(axis=0) if per_channel else np.abs(w).max(keepdims=True)
+    scale = (absmax.astype(np.float64) / 127.0).astype(np.float32)
+    scale = np.where(scale > np.finfo(np.float32).tiny, scale, np.float32(1.0))
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    return q, scale.reshape(-1) if per_channel else scale.reshape(())
+
+
+def _to_dynamic(model, names: Sequence[str], cache: _WeightCache, per_channel: bool) -> None:
+    """Replace float MatMul/Gemm nodes `names` (see dynamic_nodes) by ORT's dynamic int8
+    form, in place: DynamicQuantizeLinear(x) -> MatMulInteger -> Cast -> Mul(x_scale *
+    w_scale) [-> Add(bias)], the node pattern ORT's quantize_dynamic writes and ORT CPU
+    fuses into DynamicQuantizeMatMul. The MatMulInteger keeps the original node's name
+    (the manifest's nodes_dynamic); one DynamicQuantizeLinear per input tensor."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not names:
+        return
+    graph = model.graph
+    inits = _inits(model)
+    wanted = set(names)
+    taken = {t for n in graph.node for t in (*n.input, *n.output)} | set(inits)
+    taken |= {n.name for n in graph.node}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    dql: dict[str, list[str]] = {}  # input tensor -> [q, scale, zero point]
+    new_nodes = []
+    new_inits = []
+    for node in graph.node:
+        if node.name not in wanted:
+            new_nodes.append(node)
+            continue
+        x, w_name, y = node.input[0], node.input[1], node.output[0]
+        w_init = inits[w_name]
+        alpha, trans_b, beta = 1.0, 0, 1.0
+        if node.op_type == "Gemm":
+            alpha = float(_attr(node, "alpha", 1.0))
+            beta = float(_attr(node, "beta", 1.0))
+            trans_b = int(_attr(node, "transB", 0))
+        key = (w_name, cache.digest(w_init), trans_b, alpha, per_channel)
+        if key not in cache.dynamic:
+            w = numpy_helper.to_array(w_init).astype(np.float32)
+            w = (w.T if trans_b else w) * np.float32(alpha)
+            cache.dynamic[key] = _dynamic_weight(np.ascontiguousarray(w), per_channel)
+        wq, ws = cache.dynamic[key]
+        stem = node.name
+        wq_name, ws_name, wz_name = (fresh(f"{w_name}_dyn_quantized"),
+                                     fresh(f"{w_name}_dyn_scale"),
+                                     fresh(f"{w_name}_dyn_zero_point"))
+        new_inits += [numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(ws, ws_name),
+                      numpy_helper.from_array(np.zeros(ws.shape, np.int8), wz_name)]
+        if x not in dql:
+            dql[x] = [fresh(f"{x}_dyn_{s}") for s in ("quantized", "scale", "zero_point")]
+            new_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], dql[x],
+                                              fresh(f"{x}_DynamicQuantizeLinear")))
+        xq, xs, xz = dql[x]
+        acc, cast, scales = fresh(f"{y}_dyn_int32"), fresh(f"{y}_dyn_float"), fresh(f"{y}_dyn_s")
+        has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+        prod = fresh(f"{y}_dyn_matmul") if has_bias else y
+        new_nodes += [
+            helper.make_node("MatMulInteger", [xq, wq_name, xz, wz_name], [acc], stem),
+            helper.make_node("Cast", [acc], [cast], fresh(f"{stem}_cast"),
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [xs, ws_name], [scales], fresh(f"{stem}_scales_mul")),
+            helper.make_node("Mul", [cast, scales], [prod], fresh(f"{stem}_output_scale_mul")),
+        ]
+        if has_bias:
+            bias = node.input[2]
+            if beta != 1.0:
+                b = numpy_helper.to_array(inits[bias]).astype(np.float32) * np.float32(beta)
+                bias = fresh(f"{bias}_beta")
+                new_inits.append(numpy_helper.from_array(b, bias))
+            new_nodes.append(helper.make_node("Add", [prod, bias], [y], fresh(f"{stem}_bias_add")))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    for i in reversed(range(len(graph.initializer))):  # the float weights now unused
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
 
 
 #: Leave-one-out ranks on this many calibration samples when there are more than
@@ -756,6 +896,8 @@ def quantize_static_int8(
     if batch < 1:
         raise InputError(f"batch must be >= 1, got {batch}")
     methods = list(AUTO_METHODS) if method == "auto" else [method]
+    if options.fallback not in ("float", "dynamic"):
+        raise InputError(f"unknown int8 fallback {options.fallback!r}: use float or dynamic")
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="edgepack-int8-") as tmp:
@@ -777,6 +919,7 @@ def quantize_static_int8(
             raise ConversionError(f"calibration run failed: {exc}") from exc
 
         built: dict[tuple, Path] = {}
+        dynamic_of: dict[Path, list[str]] = {}  # artifact -> its nodes_dynamic
         wcache = _WeightCache()
         scored: dict[Path, tuple[bool, float]] = {}
 
@@ -790,6 +933,8 @@ def quantize_static_int8(
                 digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
                 path = work / f"cand-{digest}.onnx"
                 path.write_bytes(proto.SerializeToString())
+                integer = {n.name for n in proto.graph.node if n.op_type == "MatMulInteger"}
+                dynamic_of[path] = [n for n in excluded if n in integer]
                 if options.symmetric:  # scored in a faster, equivalent form
                     _fold_weight_dequantize(proto)
                     path.with_suffix(".score.onnx").write_bytes(proto.SerializeToString())
@@ -856,6 +1001,19 @@ def quantize_static_int8(
     ops = {n.name: n.op_type for n in model.graph.node}
     loo = dict(result.ranking)
     rec = result.to_record()
+    dynamic = dynamic_of[Path(result.artifact)]
+
+    def kept_out(names: Sequence[str], **extra) -> list[dict]:
+        return [
+            {
+                "name": n,
+                "op_type": ops.get(n),
+                **extra,
+                "reason": "leave-one-out",
+                "leave_one_out_score": round_score(loo.get(n)),
+            }
+            for n in names
+        ]
     return {
         "method": "static-qdq",
         "format": "QDQ",
@@ -871,15 +1029,12 @@ def quantize_static_int8(
             "candidates": [{**t, "score": round_score(t["score"])} for t in tried],
         },
         "bias_correction": shifts is not None,
-        "nodes_kept_float": [
-            {
-                "name": n,
-                "op_type": ops.get(n),
-                "reason": "leave-one-out",
-                "leave_one_out_score": round_score(loo.get(n)),
-            }
-            for n in result.excluded
-        ],
+        # layers the search kept out of static int8: float, or (fallback "dynamic") ORT
+        # dynamic int8; the artifact's MatMulInteger nodes carry the nodes_dynamic names
+        "fallback": options.fallback,
+        "nodes_kept_float": kept_out([n for n in result.excluded if n not in dynamic]),
+        "nodes_dynamic": kept_out(dynamic, runs_as="MatMulInteger",
+                                  weight_type="int8", per_channel=options.per_channel),
         "nodes_renamed": renamed,
         "preprocess": PREPROCESS,
         "search": {**rec, "leave_one_out_samples": rank_samples or cal.samples},
