@@ -391,3 +391,32 @@ def test_real_classifier_coreml(effnet, tmp_path, form):
     if form == "onnx":
         o2t = mf.read(bundles["fp32"])["harness"]["runtime_options"]["host_checks"]
         assert o2t["onnx_to_torch"]["metrics"]["logits"]["cosine_min"] >= 0.9999
+
+
+class MaskedMean(torch.nn.Module):
+    """transformers' and_mask pattern: ``idx.new_ones(shape, dtype=torch.bool) & ...``
+    (coremltools 9.0 has no new_ones converter: MiniLM failed to convert)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.new_ones(mask.shape, dtype=torch.bool) & (mask > 0)
+        weights = keep.to(x.dtype).unsqueeze(-1)
+        count = x.new_ones(()) + weights.sum(1)
+        return (x * weights).sum(1) / count
+
+
+def test_new_ones_converts():
+    """Core ML cannot run here; the conversion itself failed before ('new_ones' not
+    implemented, then 'bitwise_and only supports boolean input' while the fill ignored
+    the dtype argument). Static shapes fold the fills into constants."""
+    from edgepack.backends.passes import coreml_convert as cv
+    from edgepack.signature import Signature, TensorSpec
+
+    sig = Signature((TensorSpec("x", (2, 5, 3)), TensorSpec("mask", (2, 5), "int32")),
+                    (TensorSpec("y", (2, 3)),))
+    program = cv.torch_program(MaskedMean().eval(), sig)
+    model = cv.convert(program, sig, "float32", "iOS16")
+    spec = model.get_spec()
+    assert [o.name for o in spec.description.output] == ["y"]
+    assert list(spec.description.output[0].type.multiArrayType.shape) == [2, 3]
+    ops = {op.op_type for f in model._mil_program.functions.values() for op in f.operations}
+    assert {"logical_and", "reduce_sum", "real_div"} <= ops

@@ -197,11 +197,40 @@ def _register_identity_ops() -> None:
         register_torch_op(identity, override=False)
 
 
+def _register_new_ones() -> None:
+    """``Tensor.new_ones`` (transformers' BERT attention-mask code; coremltools 9.0
+    converts new_zeros/new_full but not new_ones): a fill of 1 in the source's kind."""
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY,
+        register_torch_op,
+    )
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    if "new_ones" in _TORCH_OPS_REGISTRY.name_to_func_mapping:
+        return
+
+    def new_ones(context: Any, node: Any) -> None:
+        inputs = ops._get_inputs(context, node)
+        code = getattr(inputs[2], "val", None) if len(inputs) > 2 and inputs[2] is not None \
+            else None
+        kind = NUM_TO_DTYPE_STRING.get(code) if code is not None else None
+        if kind is None:  # no dtype argument: the source tensor's
+            dtype = inputs[0].dtype
+            kind = "bool" if types.is_bool(dtype) else "int32" if types.is_int(dtype) else "fp"
+        value = True if kind == "bool" else 1 if "int" in kind else 1.0
+        context.add(ops._make_fill_op(inputs[1], value, node.name))
+
+    register_torch_op(new_ones, override=False)
+
+
 def convert(program: TorchProgram, signature: Signature, compute_precision: str,
             deployment_target: str) -> Any:
     """ML Program with the signature's names; compute precision "float32" | "float16"."""
     ct = import_coremltools()
     _register_identity_ops()
+    _register_new_ones()
     from edgepack.backends.passes.torch_to_onnx import quiet
 
     names = feature_names(signature)
