@@ -396,6 +396,73 @@ def test_savedmodel_source_with_uint8_io(keras_digits, tmp_path):
     assert run_cli("validate", tmp_path / "d").returncode == 0
 
 
+@needs_onnx2tf
+def test_two_input_calibration_follows_the_model_input_order(tmp_path):
+    """onnx2tf models list their inputs by name ("mask" before "x"); the calibrator
+    matches a sample list to that order. Before, "x" (0..100) was calibrated with the
+    0/1 mask's data and the other way round (MiniLM: int8 NaN / refused by LiteRT)."""
+    torch = pytest.importorskip("torch")
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, x, mask):
+            return self.fc(x * mask)
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.onnx.export(Masked().eval(), (torch.zeros(1, 16), torch.zeros(1, 16)),
+                          str(tmp_path / "two.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x", "mask"], output_names=["y"])
+    rng = np.random.default_rng(0)
+    for name in ("calib", "eval"):
+        np.savez(tmp_path / f"{name}.npz", x=rng.uniform(0, 100, (64, 16)).astype(np.float32),
+                 mask=(rng.random((64, 16)) > 0.3).astype(np.float32))
+    proc = run_cli("build", tmp_path / "two.onnx", "--target", "tflite", "--precision",
+                   "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz",
+                   "--out", tmp_path / "d", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = _summary(proc)["bundles"][0]
+    assert bundle["status"] == "passed"
+    assert next(iter(bundle["metrics"].values()))["cosine_min"] >= 0.99
+
+
+@needs_onnx2tf
+def test_erf_gelu_becomes_the_gelu_builtin(tmp_path):
+    """BERT-style x*0.5*(1+Erf(x/sqrt2)) through onnx2tf is TFLite's exact GELU, not a
+    pseudo-Erf of ABS/EXP and a sign DIV (that DIV made int8 MiniLM refuse to run)."""
+    torch = pytest.importorskip("torch")
+    from edgepack.backends.passes.tflite_compact import load_model
+    from edgepack.backends.passes.tflite_inspect import _schema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(),
+                                torch.nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, 16),), str(tmp_path / "gelu.onnx"),
+                          dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"])
+    np.savez(tmp_path / "eval.npz",
+             x=np.random.default_rng(0).normal(0, 2, (32, 16)).astype(np.float32))
+    proc = run_cli("build", tmp_path / "gelu.onnx", "--target", "tflite", "--precision",
+                   "fp32", "--eval", tmp_path / "eval.npz", "--out", tmp_path / "d", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = _summary(proc)["bundles"][0]
+    assert bundle["status"] == "passed"
+    assert next(iter(bundle["metrics"].values()))["cosine_min"] >= 0.99999
+    schema = _schema()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    tfl = load_model(tmp_path / "d" / "gelu-android-arm64-fp32" / "model.tflite")
+    ops = {names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in tfl.operatorCodes}
+    assert "GELU" in ops and not ops & {"ABS", "EXP", "DIV"}
+    gelu = next(o for o in tfl.subgraphs[0].operators
+                if names[max(tfl.operatorCodes[o.opcodeIndex].builtinCode,
+                             tfl.operatorCodes[o.opcodeIndex].deprecatedBuiltinCode)] == "GELU")
+    assert gelu.builtinOptions.approximate is False  # exact, not the tanh form
+
+
 # ---------------------------------------------------------------- units
 
 

@@ -14,7 +14,8 @@ as a subprocess with its own interpreter. Its pitfalls, handled here:
   unless asked otherwise, and the backend maps layouts by shape (validation
   catches a permutation shapes cannot reveal);
 - with opset < 20, Erf (GELU) becomes FlexErf, which LiteRT's builtin ops
-  cannot run: Erf is replaced by its pseudo-operator.
+  cannot run: exact Erf GELUs become TFLite's exact GELU builtin (onnx2tf's own
+  detection, which needed help: see ``_SCRIPT``), any other Erf its pseudo-operator.
 
 The result is a SavedModel (NHWC), whose signature names inputs ``input_<i>`` and
 outputs ``output_<i>`` in the ONNX graph's order, plus ``io.json`` describing them.
@@ -51,8 +52,42 @@ socket.socket.connect = _offline
 socket.socket.connect_ex = _offline
 socket.create_connection = _offline
 
+import numpy as np
 import onnx2tf
+import onnx2tf.ops.Div as _div
 import tensorflow as tf
+
+# onnx2tf turns x -> Div(x, sqrt2) -> Erf -> Add(+1) -> Mul(x) -> Mul(0.5) into TFLite's
+# GELU only if the divisor has .numpy() (a tensor; onnxsim makes it a numpy constant)
+# and equals the Python float 1.4142135 (NumPy 1.26 compares float32 with it in
+# float64: never). Unmatched, Erf became a pseudo-Erf whose x/(|x|+eps) DIV breaks
+# int8 (LiteRT: div.cc data[i] != zero_point). For Divs feeding an Erf only: scalar
+# constants get .numpy() and Python scalars compare in float32 (as in NumPy 2).
+class _Scalar(np.ndarray):
+    def numpy(self):
+        return np.asarray(self)
+
+_constant_or_variable = _div.get_constant_or_variable
+_div_make_node = _div.make_node
+
+def _scalar_with_numpy(value, *a, **k):
+    out = _constant_or_variable(value, *a, **k)
+    return np.asarray(out).view(_Scalar) if isinstance(out, np.ndarray) and out.size == 1 else out
+
+def _div_make_node_gelu(*a, **k):
+    node = k.get("graph_node") or a[0]
+    if not any(c.op == "Erf" for t in node.outputs for c in t.outputs):
+        return _div_make_node(*a, **k)
+    state = np._get_promotion_state()
+    np._set_promotion_state("weak")
+    _div.get_constant_or_variable = _scalar_with_numpy
+    try:
+        return _div_make_node(*a, **k)
+    finally:
+        _div.get_constant_or_variable = _constant_or_variable
+        np._set_promotion_state(state)
+
+_div.make_node = _div_make_node_gelu
 
 model = onnx2tf.convert(
     input_onnx_file_path=args["onnx"],
@@ -118,13 +153,13 @@ def sample_file(python: Path) -> Path | None:
 
 
 def run_onnx2tf(onnx_path: Path, out_dir: Path, keep_shape: Sequence[str] = (),
-                pseudo_ops: Sequence[str] = ("gelu", "erf"),
+                pseudo_ops: Sequence[str] = ("erf",),
                 input_shapes: dict[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Convert a COPY of ``onnx_path`` to a SavedModel in ``out_dir/saved_model``.
 
     Returns io.json's content (input names/shapes, output shapes, tool versions).
-    ``pseudo_ops``: TFLite has no Erf; "gelu" turns onnx2tf's x*0.5*(1+Erf(x/sqrt2))
-    pattern into tf.nn.gelu (TFLite's builtin GELU), "erf" approximates any other Erf.
+    ``pseudo_ops``: TFLite has no Erf: "erf" approximates any Erf that is not part of
+    an exact GELU. ("gelu" would make onnx2tf's GELUs the tanh approximation.)
     onnx2tf's Python API matches these names in lower case only.
     """
     py = require_python()

@@ -52,6 +52,30 @@ def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
         return tf.function(wrapped, input_signature=specs).get_concrete_function()
 
 
+def _input_order(fn: Any, trackable: Any, names: Sequence[str]) -> list[str]:
+    """``names`` in the order of the converted model's input tensors (what a
+    representative dataset given as a list is matched against)."""
+    import re
+
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    tail: list[str] = []
+    try:
+        with quiet(tail):
+            blob = converter.convert()
+            details = tf.lite.Interpreter(model_content=blob).get_input_details()
+    except Exception as e:
+        raise ConversionError(f"TFLiteConverter failed (float, to order the calibration "
+                              f"inputs): {last_error_line(e, tail)}") from e
+    found = [re.sub(r"^serving_default_|:\d+$", "", d["name"])
+             for d in sorted(details, key=lambda d: d["index"])]
+    if sorted(found) != sorted(names):
+        raise ConversionError(f"cannot match the model's inputs {found} to {list(names)} "
+                              f"for calibration")
+    return found
+
+
 def convert(fn: Any, out_path: Path, precision: str,
             calib: Sequence[dict[str, np.ndarray]] | None = None, io_type: str = "float",
             input_names: Sequence[str] = (), trackable: Any = None) -> dict[str, Any] | None:
@@ -75,10 +99,17 @@ def convert(fn: Any, out_path: Path, precision: str,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         names = list(input_names)
 
+        # The calibrator matches a sample list to the graph's input tensors in tensor
+        # order, which need not be the function's: onnx2tf models list inputs by name
+        # (MiniLM got its token ids as the attention mask: mask scale 114.6, int8
+        # outputs NaN or refused by LiteRT). Dict samples need a signature these
+        # temporary models lack, so the order is read from a float conversion.
+        order = names if len(names) < 2 else _input_order(fn, trackable, names)
+
         def representative() -> Any:
             for feeds in calib:
                 yield [np.asarray(feeds[n], dtype=np.float32) if feeds[n].dtype.kind == "f"
-                       else feeds[n] for n in names]
+                       else feeds[n] for n in order]
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
