@@ -243,7 +243,8 @@ def _merge_duplicate_initializers(graph: Any) -> int:
     return len(alias)
 
 
-def _short(i: int) -> str:
+def short_name(i: int) -> str:
+    """The i-th short tensor name (base 36): what compacted artifacts call internal tensors."""
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
     while True:
@@ -262,9 +263,9 @@ def _shorten_names(graph: Any, keep_nodes: set[str]) -> int:
 
     def fresh(taken: set[str]) -> str:
         nonlocal counter
-        while _short(counter) in taken:
+        while short_name(counter) in taken:
             counter += 1
-        name = _short(counter)
+        name = short_name(counter)
         counter += 1
         return name
 

@@ -16,18 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgepack.backends.passes.onnx_cleanup import short_name
+
 #: Buffer alignment the converter uses (kernels may read constants in place, mmapped).
 ALIGNMENT = 16
-
-
-def _short(i: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        i, r = divmod(i, 36)
-        out = digits[r] + out
-        if i == 0:
-            return out
 
 
 def _builder_class() -> Any:
@@ -93,9 +85,9 @@ def compact_tflite(path: Path) -> dict[str, int | str]:
         for i, tensor in enumerate(sg.tensors or []):
             if i in keep:
                 continue
-            while _short(counter) in taken:
+            while short_name(counter) in taken:
                 counter += 1
-            tensor.name = _short(counter)
+            tensor.name = short_name(counter)
             counter += 1
             renamed += 1
     after = save_model(model, path, before)
