@@ -355,7 +355,7 @@ def render(results: dict[str, Any]) -> str:
             "an int32 bias, the bias's scale and int64 zero point, and the weight's scale and "
             "int64 zero point (28 B, against 4 B for an fp32 bias); ONNX QDQ an int32 bias "
             "and two fp32 scales; Core ML per-channel fp16 scales and 64-byte aligned blobs. "
-            "On the 19k- and 91k-parameter CNNs (90 and ~3400 output channels) that caps "
+            "On the 19k- and 91k-parameter CNNs (90 and ~1650 output channels) that caps "
             "the ratio near 3.2x and 2.5x whatever the quantizer does; on the encoder "
             "(22.6M parameters) the same formats reach 3.9x.",
             "- harness overhead: the bundle's timing loop and a bare `session.run` loop on the "
