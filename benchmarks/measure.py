@@ -239,11 +239,10 @@ def session_of(runtime) -> Any:
 OVERHEAD_BLOCK = 10
 
 
-def harness_overhead(bundle_cand: Candidate, runs: int, rounds: int = 0) -> dict:
+def harness_overhead(bundle_cand: Candidate, runs: int) -> dict:
     """The harness's timed call vs a bare session.run loop on the SAME session (so only
     the harness's own code differs), alternating blocks of OVERHEAD_BLOCK calls in this
-    process, with the garbage collector paused on both sides (as time_calls does).
-    ``rounds`` is kept for callers; the block size decides the interleaving."""
+    process, with the garbage collector paused on both sides (as time_calls does)."""
     import gc
 
     harness = bundle_cand.info["harness"]
@@ -388,7 +387,7 @@ def main() -> int:
     for c in cands:
         if c.group == "edgepack" and c.info["runtime"].startswith("onnxruntime"):
             result["harness_overhead"].append(
-                harness_overhead(c, max(200, int(spec.overhead_runs * a.runs_scale)), 20))
+                harness_overhead(c, max(200, int(spec.overhead_runs * a.runs_scale))))
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     mark(a.progress, "done")
     return 0

@@ -28,7 +28,7 @@ import json
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,20 +305,17 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         check_tensorrt_qdq,
         float_weighted_nodes,
         qdq_summary,
-        tensorrt_placement,
     )
     from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
     if job.calib is None or job.calib_reference is None:
         raise UsageError("int8 needs calibration data (--calib)")
     opts = _int8_options(job)
-    # The search scores TensorRT's placement itself when the quantizer offers the hook.
-    in_search = "transform" in {f.name for f in fields(opts)}
+    # the search scores TensorRT's placement itself (the transform runs on every candidate)
     placement = _Placement()
-    if in_search:
-        opts = replace(opts, transform=placement)
+    opts = replace(opts, transform=placement)
     key = "tensorrt_int8:" + json.dumps(
-        [str(base), repr(replace(opts, transform=None) if in_search else opts),
+        [str(base), repr(replace(opts, transform=None)),
          sorted(job.tolerances.items()), job.task], sort_keys=True, default=str)
     if key in job.cache:
         cached, record = job.cache[key]
@@ -334,8 +331,7 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         job.progress("placing Q/DQ for TensorRT")
         model = onnx.load(str(raw))
     kept = [n["name"] for n in record.get("nodes_kept_float", [])]
-    report = (placement.reports[tuple(sorted(kept))] if in_search
-              else tensorrt_placement(model, kept))
+    report = placement.reports[tuple(sorted(kept))]
     floats = sorted(set(kept) | set(float_weighted_nodes(model)))
     opset = graph_opset(model)
     if opset > s.max_opset:
@@ -366,9 +362,7 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         {"name": n, "reason": "not quantized"} for n in floats]
     record["tensorrt"] = {
         "placement": PLACEMENT,
-        "search_scored": "the TensorRT placement" if in_search else
-        "onnxruntime's placement (the TensorRT placement is applied after the search and "
-        "re-scored on the calibration data: 'passed'/'score' above)",
+        "search_scored": "the TensorRT placement",
         **report,
         **summary,
         "float_layers_on_device": s.int8_float_fallback,

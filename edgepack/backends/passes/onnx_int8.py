@@ -607,6 +607,7 @@ def _build(
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
     from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
 
+    cache = cache or _WeightCache()
     m = copy.deepcopy(model)
     if shifts:
         _apply_bias_shifts(m, shifts, set(excluded))
@@ -616,7 +617,7 @@ def _build(
             extra)
     with _quiet():
         if fmt == "QDQ":
-            cls = _quantizer_classes(cache or _WeightCache())
+            cls = _quantizer_classes(cache)
             q = cls(m, options.per_channel, False, QuantType.QInt8, act, *args)
         elif fmt == "QOperator":
             q = ONNXQuantizer(
@@ -635,7 +636,7 @@ def _build(
         q.model.topological_sort()
     if options.fallback == "dynamic":
         _to_dynamic(q.model.model, dynamic_nodes(q.model.model, excluded),
-                    cache or _WeightCache(), options.per_channel)
+                    cache, options.per_channel)
     if options.transform is not None:
         options.transform(q.model.model, list(excluded))
     return q.model.model
@@ -984,14 +985,15 @@ def quantize_static_int8(
 
         # 2. accuracy-aware search over layers kept in float
         rank, rank_samples = _ranking_score(model, calib, batch, evaluate_path)
+        candidates = compute_nodes(model, options.embeddings)
         result = search(
             quantize=lambda excluded: build(chosen, excluded, shifts),
             evaluate=evaluate,
-            candidates=compute_nodes(model, options.embeddings),
+            candidates=candidates,
             budget=options.budget,
             progress=say,
             rank=rank,
-            groups=look_alike_groups(model, compute_nodes(model, options.embeddings)),
+            groups=look_alike_groups(model, candidates),
         )
         data = Path(result.artifact).read_bytes()
     out_path = Path(out_path)
