@@ -427,6 +427,9 @@ def test_two_input_calibration_follows_the_model_input_order(tmp_path):
     bundle = _summary(proc)["bundles"][0]
     assert bundle["status"] == "passed"
     assert next(iter(bundle["metrics"].values()))["cosine_min"] >= 0.99
+    # full integer as built, not rescued by the mixed-int8 fallback
+    quant = mf.read(tmp_path / "d" / bundle["path"])["quantization"]
+    assert quant["method"] == "full-integer" and quant["full_integer_check"]["passed"]
 
 
 @needs_onnx2tf

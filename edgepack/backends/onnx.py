@@ -54,12 +54,15 @@ def calibration_judge(job: Job, tolerances: dict[str, float]):
 
     The score is the worst output's mean cosine: steadier than top-1 agreement
     on a few hundred samples. A cosine compare() could not compute (None: NaN
-    outputs) is the worst score there is.
+    outputs) is the worst score there is. A candidate run on the first n calibration
+    samples only is compared with the first n reference outputs.
     """
     reference = job.calib_reference
 
     def accept(candidate: Arrays) -> tuple[bool, float]:
-        result = compare(reference, candidate, tolerances, task=job.task)
+        n = min(len(v) for v in candidate.values())
+        result = compare({k: v[:n] for k, v in reference.items()}, candidate, tolerances,
+                         task=job.task)
         cosines = [m.get("cosine_mean", 0.0) for m in result.metrics.values()]
         cosines = [float("-inf") if c is None else float(c) for c in cosines]
         return result.passed, min(cosines) if cosines else 0.0

@@ -41,11 +41,30 @@ def _builder_class() -> Any:
     return AlignedBuilder
 
 
+#: A flatbuffer cannot exceed 2 GB; larger models keep their buffers outside it.
+FLATBUFFER_LIMIT = (1 << 31) - 1
+
+
 def load_model(path: Path) -> Any:
-    """The .tflite at ``path`` as the schema's object API (ModelT)."""
+    """The .tflite at ``path`` as the schema's object API (ModelT).
+
+    Buffers stored after the flatbuffer (offset/size, as ai-edge-quantizer writes
+    them) are read into it when the whole model fits a flatbuffer, so passes see
+    and can rewrite every constant.
+    """
+    import numpy as np
+
     from edgepack.backends.passes.tflite_inspect import _schema
 
-    return _schema().ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    raw = bytearray(Path(path).read_bytes())
+    model = _schema().ModelT.InitFromPackedBuf(raw, 0)
+    if len(raw) < FLATBUFFER_LIMIT:
+        for buffer in model.buffers or []:
+            if getattr(buffer, "offset", 0) > 1:
+                end = buffer.offset + buffer.size
+                buffer.data = np.frombuffer(bytes(raw[buffer.offset:end]), dtype=np.uint8)
+                buffer.offset, buffer.size = 0, 0
+    return model
 
 
 def save_model(model: Any, path: Path, size_hint: int = 1 << 20) -> int:
@@ -57,6 +76,22 @@ def save_model(model: Any, path: Path, size_hint: int = 1 << 20) -> int:
     tmp.write_bytes(out)
     os.replace(tmp, path)
     return len(out)
+
+
+def operator_code(model: Any, builtin: int, version: int) -> int:
+    """Index of the operator code (``builtin``, ``version``) in ``model``; added if missing."""
+    from edgepack.backends.passes.tflite_inspect import _schema
+
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and \
+                code.version == version:
+            return i
+    code = _schema().OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
 
 
 def compact_tflite(path: Path) -> dict[str, int | str]:

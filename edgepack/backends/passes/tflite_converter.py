@@ -52,22 +52,15 @@ def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
         return tf.function(wrapped, input_signature=specs).get_concrete_function()
 
 
-def _input_order(fn: Any, trackable: Any, names: Sequence[str]) -> list[str]:
+def input_order(float_model: Path, names: Sequence[str]) -> list[str]:
     """``names`` in the order of the converted model's input tensors (what a
-    representative dataset given as a list is matched against)."""
+    representative dataset given as a list is matched against), read from the
+    float .tflite of the same function."""
     import re
 
     tf = import_tensorflow()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    tail: list[str] = []
-    try:
-        with quiet(tail):
-            blob = converter.convert()
-            details = tf.lite.Interpreter(model_content=blob).get_input_details()
-    except Exception as e:
-        raise ConversionError(f"TFLiteConverter failed (float, to order the calibration "
-                              f"inputs): {last_error_line(e, tail)}") from e
+    with quiet():
+        details = tf.lite.Interpreter(model_path=str(float_model)).get_input_details()
     found = [re.sub(r"^serving_default_|:\d+$", "", d["name"])
              for d in sorted(details, key=lambda d: d["index"])]
     if sorted(found) != sorted(names):
@@ -78,8 +71,12 @@ def _input_order(fn: Any, trackable: Any, names: Sequence[str]) -> list[str]:
 
 def convert(fn: Any, out_path: Path, precision: str,
             calib: Sequence[dict[str, np.ndarray]] | None = None, io_type: str = "float",
-            input_names: Sequence[str] = (), trackable: Any = None) -> dict[str, Any] | None:
-    """Convert a concrete function; returns the quantization record (None for float)."""
+            input_names: Sequence[str] = (), trackable: Any = None,
+            float_model: Path | None = None) -> dict[str, Any] | None:
+    """Convert a concrete function; returns the quantization record (None for float).
+
+    ``float_model``: this function's fp32 .tflite; int8 reads the input order from it.
+    """
     tf = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -103,8 +100,11 @@ def convert(fn: Any, out_path: Path, precision: str,
         # order, which need not be the function's: onnx2tf models list inputs by name
         # (MiniLM got its token ids as the attention mask: mask scale 114.6, int8
         # outputs NaN or refused by LiteRT). Dict samples need a signature these
-        # temporary models lack, so the order is read from a float conversion.
-        order = names if len(names) < 2 else _input_order(fn, trackable, names)
+        # temporary models lack, so the order is read from the float conversion.
+        if len(names) > 1 and float_model is None:
+            raise ConversionError("int8 of a multi-input model needs its float .tflite "
+                                  "(calibration input order)")
+        order = names if len(names) < 2 else input_order(float_model, names)
 
         def representative() -> Any:
             for feeds in calib:

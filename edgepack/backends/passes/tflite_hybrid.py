@@ -26,7 +26,7 @@ _FLOAT32, _INT8 = 0, 9
 
 def hybridize_float_fully_connected(path: Path) -> list[dict[str, Any]]:
     """Rewrite ``path`` in place; one record per layer changed (weight shape, error)."""
-    from edgepack.backends.passes.tflite_compact import load_model, save_model
+    from edgepack.backends.passes.tflite_compact import load_model, operator_code, save_model
     from edgepack.backends.passes.tflite_inspect import _schema
 
     schema = _schema()
@@ -36,10 +36,7 @@ def hybridize_float_fully_connected(path: Path) -> list[dict[str, Any]]:
     hybrid_code = None
     changed: list[dict[str, Any]] = []
     for sg in model.subgraphs or []:
-        readers: dict[int, int] = {}
-        for op in sg.operators or []:
-            for t in op.inputs if op.inputs is not None else []:
-                readers[int(t)] = readers.get(int(t), 0) + 1
+        readers = tensor_readers(sg)
         for op in sg.operators or []:
             code = model.operatorCodes[op.opcodeIndex]
             if max(code.builtinCode, code.deprecatedBuiltinCode) != fc or len(op.inputs) < 2:
@@ -50,10 +47,7 @@ def hybridize_float_fully_connected(path: Path) -> list[dict[str, Any]]:
                     or len(w.shape) != 2 or readers.get(int(op.inputs[1]), 0) != 1:
                 continue
             weights = np.frombuffer(bytes(data), dtype="<f4").reshape([int(d) for d in w.shape])
-            scale = np.abs(weights).max(axis=1) / 127.0
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            q = np.clip(np.round(weights / scale[:, None]), -127, 127).astype(np.int8)
-            error = float(np.abs(q.astype(np.float32) * scale[:, None] - weights).max())
+            q, scale, error = int8_rows(weights)
             buffer = schema.BufferT()
             buffer.data = np.frombuffer(q.tobytes(), dtype=np.uint8)
             model.buffers.append(buffer)
@@ -66,7 +60,7 @@ def hybridize_float_fully_connected(path: Path) -> list[dict[str, Any]]:
             quant.quantizedDimension = 0
             w.quantization = quant
             if hybrid_code is None:
-                hybrid_code = _operator_code(model, schema, fc, HYBRID_FC_VERSION)
+                hybrid_code = operator_code(model, fc, HYBRID_FC_VERSION)
             op.opcodeIndex = hybrid_code
             changed.append({"weight_shape": list(weights.shape),
                             "max_abs_weight_error": round(error, 6)})
@@ -75,14 +69,19 @@ def hybridize_float_fully_connected(path: Path) -> list[dict[str, Any]]:
     return changed
 
 
-def _operator_code(model: Any, schema: Any, builtin: int, version: int) -> int:
-    for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and \
-                code.version == version:
-            return i
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = version
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
+def tensor_readers(sg: Any) -> dict[int, int]:
+    """Tensor index -> how many operator inputs of subgraph ``sg`` read it."""
+    readers: dict[int, int] = {}
+    for op in sg.operators or []:
+        for t in op.inputs if op.inputs is not None else []:
+            readers[int(t)] = readers.get(int(t), 0) + 1
+    return readers
+
+
+def int8_rows(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(int8 rows, float32 scale per row, max abs error): symmetric, [-127, 127]."""
+    scale = np.abs(weights).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.round(weights / scale[:, None]), -127, 127).astype(np.int8)
+    error = float(np.abs(q.astype(np.float32) * scale[:, None] - weights).max())
+    return q, scale, error
