@@ -14,6 +14,10 @@ a model that aborts LiteRT fails its bundle, not the build.
 
 Profile ``options`` (all optional):
   int8_io: float | int8 | uint8     I/O type of full-integer int8 (TFLiteConverter routes)
+  int8_ops: auto | full-integer     auto: when full integer misses the search targets on
+                                    calibration data, static int8 at the compute ops
+                                    only (the rest float); full-integer: never (NPU/DSP
+                                    delegates that need every op integer)
   torch_int8: pt2e | onnx2tf         how torch sources get static int8
   calibration_samples: N             cap on calibration samples (default 500)
   onnx2tf_keep_shape: true           keep non-image inputs' shapes (false: onnx2tf's default)
@@ -40,13 +44,14 @@ from edgepack.signature import Signature, TensorSpec
 
 OPTIONS = {
     "int8_io": ("float", "int8", "uint8"),
+    "int8_ops": ("auto", "full-integer"),
     "torch_int8": ("pt2e", "onnx2tf"),
     "calibration_samples": int,
     "onnx2tf_keep_shape": bool,
     "gpu_delegate_check": bool,
 }
-DEFAULTS = {"int8_io": "float", "torch_int8": "pt2e", "calibration_samples": 500,
-            "onnx2tf_keep_shape": True, "gpu_delegate_check": True}
+DEFAULTS = {"int8_io": "float", "int8_ops": "auto", "torch_int8": "pt2e",
+            "calibration_samples": 500, "onnx2tf_keep_shape": True, "gpu_delegate_check": True}
 TORCH_FORMATS = ("python", "torch.export")
 TF_FORMATS = ("keras", "savedmodel")
 
@@ -193,7 +198,8 @@ def _converter_route(job: Job, out: Any, opts: dict[str, Any]
         job.progress("TFLiteConverter → tflite (int8, full integer)")
         record = tc.convert(fn, out, "int8", calib, io_type=opts["int8_io"],
                             input_names=names, trackable=owner, float_model=float_path)
-        if opts["int8_io"] == "float" and job.calib_reference is not None:
+        if opts["int8_io"] == "float" and opts["int8_ops"] == "auto" \
+                and job.calib_reference is not None:
             # integer I/O (MCU, NPU) needs every op integer: validation judges it as built
             from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
 
