@@ -26,7 +26,11 @@ def test_real_classifier_onnx_target(effnet, tmp_path, form):
     assert {b["status"] for b in summary["bundles"]} == {"passed"}
     int8 = by_precision["int8"]["metrics"]["logits"]
     assert int8["top1_agreement"] >= 0.95
-    assert int8["cosine_mean"] >= 0.99
+    assert int8["cosine_mean"] >= 0.99 and int8["cosine_min"] > 0.98
+    manifest = json.loads((tmp_path / by_precision["int8"]["path"] / "manifest.json")
+                          .read_text())
+    quant = manifest["quantization"]
+    assert quant["search"]["passed"] and len(quant["nodes_kept_float"]) <= 4, quant["search"]
     fp16 = by_precision["fp16"]["metrics"]["logits"]
     assert fp16["cosine_min"] >= 0.999
     assert by_precision["int8"]["bytes"] < by_precision["fp32"]["bytes"] / 3.5
@@ -37,12 +41,13 @@ def test_real_classifier_tflite_int8(effnet, tmp_path, form):
     """Full-integer TFLite from torch (litert-torch PT2E) and from ONNX (onnx2tf +
     TFLiteConverter). Before conv+ReLU6 fusion the PT2E route gave top-1 0.717."""
     if form == "python":
-        # a config: the search's time budget is capped to keep the suite short
+        # a config: the search's time budget is capped to keep the suite short (all-int8
+        # scores 0.988 on calibration data, 120 s of search 0.9939; both pass the bars)
         config = tmp_path / "edgepack.yaml"
         entry = ROOT / "benchmarks" / "real_models" / "efficientnet_lite0.py"
         config.write_text(f"model: {entry}:load_model\n"
                           "inputs: [{name: input, shape: [1, 3, 224, 224], dtype: float32}]\n"
-                          "outputs: [logits]\nint8: {max_seconds: 120}\n")
+                          "outputs: [logits]\nint8: {max_seconds: 40}\n")
         model, extra = config, []
     else:
         model, extra = effnet["onnx"], []
@@ -64,5 +69,6 @@ def test_real_classifier_tflite_int8(effnet, tmp_path, form):
         assert quant["fused_activations"] == 33  # every conv+BN+ReLU6 of the network
     else:
         assert quant["route"] == "onnx2tf"
+        assert "score" in quant["full_integer_check"]  # judged before it could ship
     # 4.65 M parameters: int8 weights plus scales, well under fp32's 18.6 MB / 3.5
     assert bundle["bytes"] < 18_641_356 / 3.4
