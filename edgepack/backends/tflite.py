@@ -201,40 +201,45 @@ def _converter_route(job: Job, out: Any, opts: dict[str, Any]
         if opts["int8_io"] == "float" and opts["int8_ops"] == "auto" \
                 and job.calib_reference is not None:
             # integer I/O (MCU, NPU) needs every op integer: validation judges it as built
-            from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
-
-            evaluate = _calibration_evaluator(job, ins, outs,
-                                              len(calib or ()) * job.source.signature.batch)
-            record = full_integer_or_mixed(out, record, float_path,
-                                           _signature_feeds(float_path, names, calib or []),
-                                           evaluate,
-                                           _search_settings(job, [])["budget"], job.progress)
+            record = _full_integer_or_mixed(job, out, record, float_path, calib or [], ins,
+                                            outs)
     finally:
         float_path.unlink(missing_ok=True)
     return ins, outs, record, tools
 
 
-def _signature_feeds(path: Any, names: list[str], calib: list[Arrays]) -> list[Arrays]:
-    """Calibration feeds keyed and typed as the .tflite's signature inputs."""
+def _full_integer_or_mixed(job: Job, out: Any, record: dict[str, Any], float_path: Any,
+                           calib: list[Arrays], ins: list[Mapped], outs: list[Mapped]
+                           ) -> dict[str, Any]:
+    """The full-integer model at ``out``, or a mixed one when it misses the search
+    targets (``tflite_mixed_int8``); returns the record of what ``out`` holds."""
     import numpy as np
 
     from edgepack.backends.passes import tflite_inspect
+    from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
 
-    details = tflite_inspect.io_details(path)["inputs"]
-    sig = name_map(names, [d["name"] for d in details])
-    dtypes = {d["name"]: d["dtype"] for d in details}
-    return [{sig[k]: np.asarray(v, dtype=dtypes[sig[k]]) for k, v in f.items()} for f in calib]
+    # every candidate has the float model's signature: map the names once
+    details = tflite_inspect.io_details(float_path)
+    sig = name_map([m.spec.name for m in ins], [d["name"] for d in details["inputs"]])
+    sig.update(name_map([m.spec.name for m in outs], [d["name"] for d in details["outputs"]]))
+    dtypes = {d["name"]: d["dtype"] for d in details["inputs"]}
+    feeds = [{sig[k]: np.asarray(v, dtype=dtypes[sig[k]]) for k, v in f.items()}
+             for f in calib]
+    evaluate = _calibration_evaluator(job, ins, outs,
+                                      len(calib) * job.source.signature.batch, sig)
+    return full_integer_or_mixed(out, record, float_path, feeds, evaluate,
+                                 _search_settings(job, [])["budget"], job.progress)
 
 
-def _calibration_evaluator(job: Job, ins: list[Mapped], outs: list[Mapped], count: int
-                          ) -> Any:
+def _calibration_evaluator(job: Job, ins: list[Mapped], outs: list[Mapped], count: int,
+                           names: dict[str, str]) -> Any:
     """evaluate(path, n) -> (meets the search targets, score): a .tflite run in a LiteRT
     worker on the first n (default ``count``) calibration samples, judged against the
-    source model's outputs there. A candidate that aborts LiteRT scores worst."""
+    source model's outputs there. ``names``: source -> signature tensor names. A
+    candidate that aborts LiteRT scores worst."""
     from pathlib import Path
 
     from edgepack.backends.onnx import calibration_judge, search_tolerances
-    from edgepack.backends.passes import tflite_inspect
     from edgepack.runners.base import run_samples
     from edgepack.runners.litert import LayoutMappedRunner, LiteRTRunner
 
@@ -244,10 +249,6 @@ def _calibration_evaluator(job: Job, ins: list[Mapped], outs: list[Mapped], coun
     perms_out = {m.spec.name: m.perm for m in outs if m.perm}
 
     def evaluate(path: Path, n: int | None = None) -> tuple[bool, float]:
-        details = tflite_inspect.io_details(path)
-        names = name_map([m.spec.name for m in ins], [d["name"] for d in details["inputs"]])
-        names.update(name_map([m.spec.name for m in outs],
-                              [d["name"] for d in details["outputs"]]))
         runner = LayoutMappedRunner(LiteRTRunner(path, names=names), perms_in, perms_out)
         part = samples if n is None else {k: v[:n] for k, v in samples.items()}
         try:

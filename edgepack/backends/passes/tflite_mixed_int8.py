@@ -123,16 +123,19 @@ def search_mixed(float_path: Path, out_path: Path, calib: Sequence[dict[str, np.
     try:
         result = search(quantize=build, evaluate=lambda p: evaluate_path(p, None),
                         candidates=nodes, budget=budget, progress=progress,
-                        rank=rank if len(calib) > 2 * RANK_SAMPLES else None,
+                        rank=rank if _samples(calib) > 2 * RANK_SAMPLES else None,
                         groups=groups)
         Path(out_path).write_bytes(result.artifact.read_bytes())
     finally:
         for path in built:
             path.unlink(missing_ok=True)
         work.rmdir()
-    record = result.to_record()
-    return {"search": record, "excluded": list(result.excluded), "passed": result.passed,
-            "compute_nodes": len(nodes)}
+    return {"search": result.to_record(), "excluded": list(result.excluded)}
+
+
+def _samples(calib: Sequence[dict[str, np.ndarray]]) -> int:
+    """Samples in a list of calibration batches."""
+    return sum(len(next(iter(feeds.values()))) for feeds in calib)
 
 
 def _signature_key(path: Path) -> str:
@@ -173,7 +176,7 @@ def full_integer_or_mixed(out: Path, record: dict[str, Any], float_path: Path,
     tables = int8_gather_tables(Path(out))
     mixed: dict[str, Any] = {
         "method": "static (compute ops)", "tool": "ai-edge-quantizer",
-        "calibration_samples": len(calib), "per_channel": True, "symmetric": "weights",
+        "calibration_samples": _samples(calib), "per_channel": True, "symmetric": "weights",
         "weights": "int8 per-channel symmetric",
         "activations": f"int8 at {', '.join(COMPUTE_OPS)}; other ops float",
         "io_type": "float", "full_integer_check": full,
