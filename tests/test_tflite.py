@@ -494,3 +494,35 @@ def test_unknown_profile_option_is_a_usage_error(tmp_path):
                    "--precision", "fp32", "--out", tmp_path / "d")
     assert proc.returncode in (2, 3)
     assert "int8_io" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_mixed_model_keeps_the_full_integer_one(tmp_path):
+    """A model with no FULLY_CONNECTED/CONV/BATCH_MATMUL has no mixed int8 form: when
+    full integer misses the search target, it stays (validation judges it), the
+    reason is recorded, and nothing is left beside it."""
+    tf = pytest.importorskip("tensorflow")
+    from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
+    from edgepack.quantize.search import Budget
+
+    fn = tf.function(lambda x: x * 2.0 + 1.0,
+                     input_signature=[tf.TensorSpec((1, 8), tf.float32, name="x")])
+    blob = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fn.get_concrete_function()]).convert()
+    float_path, out = tmp_path / "float.tflite", tmp_path / "model.tflite"
+    float_path.write_bytes(blob)
+    out.write_bytes(blob)  # stands for the full-integer model
+    judged = []
+
+    def evaluate(path, n):
+        judged.append((path.name, n))
+        return False, 0.5
+
+    record = full_integer_or_mixed(out, {"method": "full-integer"}, float_path,
+                                   [{"x": np.ones((1, 8), np.float32)}], evaluate,
+                                   Budget(), lambda _m: None)
+    assert judged == [("model.tflite", None)]
+    assert record["method"] == "full-integer"
+    assert record["full_integer_check"] == {"passed": False, "score": 0.5}
+    assert "no FULLY_CONNECTED/CONV/BATCH_MATMUL" in record["mixed_search"]["error"]
+    assert out.read_bytes() == blob
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.tflite", "model.tflite"]

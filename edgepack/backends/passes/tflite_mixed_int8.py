@@ -167,12 +167,15 @@ def full_integer_or_mixed(out: Path, record: dict[str, Any], float_path: Path,
     mixed_path = Path(out).with_name("mixed-int8.tflite")
     try:
         found = search_mixed(float_path, mixed_path, calib, evaluate_path, budget, progress)
-        score = found["search"]["score"]
-        if score is None or (full["score"] is not None and score <= full["score"]):
-            return {**record, "full_integer_check": full, "mixed_search": found["search"]}
-        mixed_path.replace(out)
-    finally:
+    except ConversionError as e:  # no mixed model: validation judges the full integer one
         mixed_path.unlink(missing_ok=True)
+        progress(f"no mixed int8 model ({e}); keeping full integer")
+        return {**record, "full_integer_check": full, "mixed_search": {"error": str(e)}}
+    score = found["search"]["score"]
+    if score is None or (full["score"] is not None and score <= full["score"]):
+        mixed_path.unlink(missing_ok=True)
+        return {**record, "full_integer_check": full, "mixed_search": found["search"]}
+    mixed_path.replace(out)
     tables = int8_gather_tables(Path(out))
     mixed: dict[str, Any] = {
         "method": "static (compute ops)", "tool": "ai-edge-quantizer",
