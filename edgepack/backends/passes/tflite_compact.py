@@ -27,16 +27,28 @@ def _builder_class() -> Any:
     import numpy as np
 
     class AlignedBuilder(flatbuffers.Builder):
-        """Byte vectors (buffer data) start on ALIGNMENT boundaries."""
+        """Byte vectors (buffer data) start on ALIGNMENT boundaries; every other
+        numeric vector is written once and shared by all tables that hold the same
+        one (flatbuffers allows it; the reader only follows offsets)."""
+
+        def __init__(self, initial_size: int) -> None:
+            super().__init__(initial_size)
+            self.shared: dict[tuple[str, bytes], int] = {}
 
         def CreateNumpyVector(self, x: Any) -> int:  # noqa: N802 - flatbuffers' API
-            if x.dtype != np.uint8 or x.size < ALIGNMENT:
-                return super().CreateNumpyVector(x)
-            self.StartVector(1, x.size, ALIGNMENT)
-            payload = x.tobytes()
-            self.head = self.head - len(payload)
-            self.Bytes[self.head:self.head + len(payload)] = payload
-            return self.EndVector()
+            if x.dtype == np.uint8 and x.size >= ALIGNMENT:
+                self.StartVector(1, x.size, ALIGNMENT)
+                payload = x.tobytes()
+                self.head = self.head - len(payload)
+                self.Bytes[self.head:self.head + len(payload)] = payload
+                return self.EndVector()
+            # per-channel int8 stores an int64 zero point per channel for the weights
+            # and again for the bias, all zeros: on the MobileNet-style sample 27 kB
+            # of its 151 kB int8 file were zero points, 7.6 kB of them distinct
+            key = (x.dtype.str, x.tobytes())
+            if key not in self.shared:
+                self.shared[key] = super().CreateNumpyVector(x)
+            return self.shared[key]
 
     return AlignedBuilder
 

@@ -99,33 +99,35 @@ def check_opset(proto: Any, opset: int) -> None:
 
 
 def strip_metadata(proto: Any) -> None:
-    """Drop doc strings and per-node/value metadata: they carry stack traces and paths."""
-    proto.doc_string = ""
+    """Drop doc strings and per-node/value metadata: they carry stack traces and paths.
+
+    Fields are cleared, not set to "": ONNX is proto2, where an empty string that is
+    set is still written (2 bytes for every node and attribute).
+    """
+    _clear(proto)
     for fn in proto.functions:
-        fn.doc_string = ""
+        _clear(fn)
         _strip_nodes(fn.node)
-        del fn.metadata_props[:]
     _strip_graph(proto.graph)
 
 
+def _clear(proto: Any) -> None:
+    proto.ClearField("doc_string")
+    del proto.metadata_props[:]
+
+
 def _strip_graph(graph: Any) -> None:
-    graph.doc_string = ""
-    del graph.metadata_props[:]
-    for v in (*graph.input, *graph.output, *graph.value_info):
-        v.doc_string = ""
-        del v.metadata_props[:]
-    for t in graph.initializer:
-        t.doc_string = ""
-        del t.metadata_props[:]
+    _clear(graph)
+    for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        _clear(v)
     _strip_nodes(graph.node)
 
 
 def _strip_nodes(nodes: Any) -> None:
     for node in nodes:
-        node.doc_string = ""
-        del node.metadata_props[:]
+        _clear(node)
         for attr in node.attribute:
-            attr.doc_string = ""
+            attr.ClearField("doc_string")
             if attr.HasField("g"):
                 _strip_graph(attr.g)
             for g in attr.graphs:
