@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from composition import composition  # noqa: E402
 from models import MODELS  # noqa: E402
 from report import render  # noqa: E402
 
@@ -146,8 +147,11 @@ def edgepack_build(config: Path, targets: list[str], precisions: list[str], out:
             b["validation_reason"] = m["validation"].get("reason")
             # the model file(s) alone: jetson bundles also list build_engine.sh (~2.4 kB,
             # the same at every precision), which is not part of the model
-            b["model_bytes"] = sum(a["bytes"] for a in m["artifacts"]
-                                   if a["path"].split("/")[0].startswith("model."))
+            models = [a["path"] for a in m["artifacts"]
+                      if a["path"].split("/")[0].startswith("model.")]
+            b["model_bytes"] = sum(a["bytes"] for a in m["artifacts"] if a["path"] in models)
+            if len(models) == 1:
+                b["composition"] = composition(folder / models[0])
     return {"exit_code": rc, "wall_seconds": seconds, "summary": data}
 
 
