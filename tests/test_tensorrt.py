@@ -548,6 +548,12 @@ def test_real_classifier_jetson_fp16_and_int8(effnet, tmp_path):
     counts = assert_tensorrt_int8(model, kept)
     assert counts["weights"] == 50 - len(kept)  # 49 Conv + 1 Gemm
     # Adds are not quantized on their own: Q/DQ stay on the residual Adds whose both
-    # inputs are already quantized for the convs that produce or read them (6 of 9)
-    assert m["quantization"]["tensorrt"]["residual_adds_quantized"] == 6
+    # inputs are already quantized for the convs that produce or read them (6 of 9 with
+    # 15 convs float, 9 with 8): counted here from the graph
+    producer = _producers(model)
+    both = [n for n in model.graph.node if n.op_type == "Add" and all(
+        getattr(producer.get(t), "op_type", "") == "DequantizeLinear"
+        and producer[t].input[0] in producer
+        and producer[producer[t].input[0]].op_type == "QuantizeLinear" for t in n.input)]
+    assert 0 < len(both) == m["quantization"]["tensorrt"]["residual_adds_quantized"] <= 9
     assert m["quantization"]["symmetric"] is True
