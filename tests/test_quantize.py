@@ -411,6 +411,29 @@ def test_search_scores_look_alike_groups_before_their_members(tmp_path):
     assert [st["excluded"] for st in rec["steps"]] == [0, 2, 3]
 
 
+def test_search_group_that_passes_whole_ranks_only_its_members(tmp_path):
+    groups = [["b", "d"], ["a", "e"]]
+    # b+d pass together (1.0): a and e (a helpful group too) are never ranked alone;
+    # the greedy over b and d ends at both
+    s = Synthetic(tmp_path, HARM, need=1.0)
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(), groups=groups)
+    assert s.built == [(), ("a", "e"), ("b", "d"), ("c",), ("b",), ("d",)]
+    assert r.passed and r.excluded == ["b", "d"]
+    # b alone passes (0.75): fewer float nodes than the group win
+    s = Synthetic(tmp_path, HARM, need=0.75)
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(), groups=groups)
+    assert s.built == [(), ("a", "e"), ("b", "d"), ("c",), ("b",), ("d",)]
+    assert r.passed and r.excluded == ["b"]
+    # with a cheaper ranking score the group is evaluated in full once; when no
+    # member helps on top of the others, the whole group is what ships
+    s = Synthetic(tmp_path, {**HARM, "b": 0.0, "d": 0.0}, need=0.75,
+                  pairs={frozenset("bd"): 0.25})
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(), groups=groups,
+               rank=lambda path: s.evaluate(path)[1])
+    assert r.passed and r.excluded == ["b", "d"]
+    assert r.stopped == "passed with a group of 2 look-alike node(s) in float"
+
+
 def test_search_ranks_with_a_cheaper_score_then_evaluates_in_full(tmp_path):
     s = Synthetic(tmp_path, HARM, need=1.0625)
     evaluated: list[tuple[str, ...]] = []
