@@ -58,6 +58,7 @@ class Candidate:
         self.name, self.group, self.call, self.run = name, group, call, run
         self.info = info or {}
         self.times: list[int] = []
+        self.round_p50: list[float] = []  # ms, one per interleaved round
 
 
 # ---------------------------------------------------------------- helpers
@@ -218,7 +219,9 @@ def interleaved(cands: list[Candidate], harness, runs: int, warmup: int, rounds:
     for _ in range(rounds):
         for i in rng.permutation(len(cands)):  # seeded order: no fixed neighbour effects
             c = cands[i]
-            c.times += harness.time_calls(c.call, per_round, warm)
+            times = harness.time_calls(c.call, per_round, warm)
+            c.times += times
+            c.round_p50.append(float(np.median(times)) / 1e6)
 
 
 def session_of(runtime) -> Any:
@@ -379,6 +382,9 @@ def main() -> int:
     for c in cands:
         entry = result["candidates"][c.name]
         entry["latency_ms"] = harness.latency_stats(c.times)
+        # per round: two candidates are compared round by round (report.paired_ratio),
+        # so a load spike that lands on one candidate's slice does not decide the ratio
+        entry["round_p50_ms"] = [round(t, 5) for t in c.round_p50]
         entry["runs"] = len(c.times)
     result["runs_per_candidate"] = len(cands[0].times)
     result["rounds"] = a.rounds
