@@ -298,12 +298,15 @@ def baseline_table(model: dict) -> list[str]:
 
 
 def overhead_table(results: dict) -> list[str]:
-    lines = ["| bundle | runs each | harness p50 ms | bare session.run p50 ms | overhead p50 |"
-             " harness p99 | bare p99 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| bundle | runs each | harness p50 ms | bare session.run p50 ms | overhead p50 "
+             "(paired by block) | whole-run p50s | harness p99 | bare p99 |",
+             "|---|---|---|---|---|---|---|---|"]
     for model in results["models"].values():
         for o in (model.get("measure") or {}).get("harness_overhead", []):
+            whole = o.get("overhead_whole_run_p50_pct")
             lines.append(f"| {o['bundle']} | {o['runs']} | {o['harness_p50_ms']:.4g} | "
                          f"{o['bare_p50_ms']:.4g} | {o['overhead_p50_pct']:+.2f}% | "
+                         f"{'—' if whole is None else f'{whole:+.2f}%'} | "
                          f"{o['harness_p99_ms']:.4g} | {o['bare_p99_ms']:.4g} |")
     return lines
 
