@@ -240,11 +240,12 @@ def session_of(runtime) -> Any:
 #: put both loops in the same machine state (load from other jobs changes within
 #: seconds: 400-call blocks gave -31% .. +14% "overhead" for identical code).
 OVERHEAD_BLOCK = 10
+OVERHEAD_BLOCK_MS = 10.0  # fewer calls per block for slow models
 
 
 def harness_overhead(bundle_cand: Candidate, runs: int) -> dict:
     """The harness's timed call vs a bare session.run loop on the SAME session (so only
-    the harness's own code differs), alternating blocks of OVERHEAD_BLOCK calls in this
+    the harness's own code differs), alternating blocks of up to OVERHEAD_BLOCK calls in this
     process, with the garbage collector paused on both sides (as time_calls does)."""
     import gc
 
@@ -267,13 +268,16 @@ def harness_overhead(bundle_cand: Candidate, runs: int) -> dict:
                 gc.enable()
         return times
 
-    block = OVERHEAD_BLOCK
-    bare(block * 5)
-    harness.time_calls(bundle_cand.call, 1, block * 5)
+    warm = bare(OVERHEAD_BLOCK * 5)
+    harness.time_calls(bundle_cand.call, 1, OVERHEAD_BLOCK * 5)
+    # blocks of about OVERHEAD_BLOCK_MS: a pair of blocks then runs within ~2x that, so
+    # both see the same load (10-call blocks of MiniLM's 11 ms calls spanned 0.2 s)
+    call_ms = float(np.median(warm)) / 1e6
+    block = int(min(OVERHEAD_BLOCK, max(1, OVERHEAD_BLOCK_MS // max(call_ms, 1e-3))))
     h_times: list[int] = []
     b_times: list[int] = []
     pairs: list[float] = []  # per block pair: harness median / bare median
-    for r in range(max(2, runs // block)):
+    for r in range(max(2, runs // block)):  # the same number of calls, more pairs
         if r % 2 == 0:
             h = harness.time_calls(bundle_cand.call, block, 0)
             b = bare(block)
