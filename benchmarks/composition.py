@@ -10,7 +10,6 @@ weights' share of each int8 file so a missed bar says why.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 
 def composition(model_file: Path) -> dict[str, int] | None:
@@ -63,9 +62,3 @@ def _tflite(path: Path) -> dict[str, int]:
             out[kind] += len(data)
     return out
 
-
-def int8_share(comp: dict[str, Any] | None) -> float | None:
-    """Fraction of the file that is int8 weights (None when not measured)."""
-    if not comp or not comp.get("file"):
-        return None
-    return comp["int8"] / comp["file"]

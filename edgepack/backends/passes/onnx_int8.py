@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ConversionError, InputError
-from edgepack.quantize.search import Budget, round_score, search
+from edgepack.quantize.search import Budget, ranks_on_subset, round_score, search
 from edgepack.runners.base import run_samples
 
 #: Every session of an int8 model we produce must disable these ORT optimizers.
@@ -771,10 +771,10 @@ def _to_dynamic(model, names: Sequence[str], cache: _WeightCache, per_channel: b
             del graph.initializer[i]
 
 
-#: Leave-one-out ranks on this many calibration samples when there are over 1.25x
-#: as many: on MiniLM one full score (200 sentences) took ~2.5 s of a ~3.3 s
-#: candidate, on EfficientNet-Lite0 (80 photos) 1.5 s of 2.2 s, and the ranking only
-#: orders the greedy steps, which are scored in full.
+#: Leave-one-out ranks on this many calibration samples (``ranks_on_subset``): on
+#: MiniLM one full score (200 sentences) took ~2.5 s of a ~3.3 s candidate, on
+#: EfficientNet-Lite0 (80 photos) 1.5 s of 2.2 s, and the ranking only orders the
+#: greedy steps, which are scored in full.
 RANK_SAMPLES = 48
 
 
@@ -785,7 +785,7 @@ def _ranking_score(model, calib: dict[str, np.ndarray], batch: int,
     n = len(next(iter(calib.values())))
     batches = n // batch
     want = max(1, RANK_SAMPLES // batch)
-    if batches * 4 <= want * 5:  # a subset would save little: rank on the full score
+    if not ranks_on_subset(batches, want):
         return None, None
     picks = np.linspace(0, batches - 1, want).round().astype(int)
     idx = np.concatenate([np.arange(b * batch, (b + 1) * batch) for b in picks])

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgepack.backends.passes.tflite_common import last_error_line, quiet
 from edgepack.errors import ConversionError
-from edgepack.quantize.search import Budget, search
+from edgepack.quantize.search import Budget, ranks_on_subset, search
 
 COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
 RANK_SAMPLES = 32  # calibration samples the leave-one-out ranking runs
@@ -123,7 +123,7 @@ def search_mixed(float_path: Path, out_path: Path, calib: Sequence[dict[str, np.
     try:
         result = search(quantize=build, evaluate=lambda p: evaluate_path(p, None),
                         candidates=nodes, budget=budget, progress=progress,
-                        rank=rank if _samples(calib) > 2 * RANK_SAMPLES else None,
+                        rank=rank if ranks_on_subset(_samples(calib), RANK_SAMPLES) else None,
                         groups=groups)
         Path(out_path).write_bytes(result.artifact.read_bytes())
     finally:
