@@ -208,7 +208,7 @@ def checks(results: dict) -> list[tuple[str, str, str]]:
                      "yes" if worst["overhead_p50_pct"] <= OVERHEAD_GOAL_PCT else "NO",
                      f"worst {worst['overhead_p50_pct']:+.2f}% ({worst['bundle']}); "
                      f"{len(overheads)} bundles"))
-    auto = results.get("auto")
+    auto = (results.get("auto") or {}).get("digits")
     if auto:
         picks = [f"{b['target']}: {((b.get('selection') or {}).get('chosen')) or 'none'}"
                  for b in auto["summary"]["bundles"]]
@@ -311,19 +311,27 @@ def overhead_table(results: dict) -> list[str]:
     return lines
 
 
-def auto_table(auto: dict) -> list[str]:
-    lines = ["| target | chosen | bundle status | artifact | tried (in the profile's order) "
-             "| why |", "|---|---|---|---|---|---|"]
-    for b in auto["summary"]["bundles"]:
-        sel = b.get("selection") or {}
-        tried = "; ".join(
-            f"{c['precision']}: {c['status']}" + (f" ({(c.get('reason') or '')[:60]})"
-                                                  if c["status"] not in ("passed",) and
-                                                  c.get("reason") else "")
-            for c in sel.get("candidates", []))
-        lines.append(f"| {b['target']} | {sel.get('chosen') or '—'} | {status_text(b)} | "
-                     f"{kb(b.get('bytes'))} | {tried or '—'} | "
-                     f"{sel.get('why') or b.get('reason')} |")
+def _candidate(c: dict) -> str:
+    text = f"{c['precision']}: {c['status']}"
+    if c.get("bytes"):
+        text += f", {kb(c['bytes'])}"
+    if c.get("host_p50_ms") is not None:
+        text += f", host p50 {c['host_p50_ms']:.3g} ms"
+    if c["status"] != "passed" and c.get("reason"):
+        text += f" ({c['reason'][:60]})"
+    return text
+
+
+def auto_table(auto: dict[str, dict]) -> list[str]:
+    lines = ["| model | target | chosen | bundle status | artifact | tried (in the profile's "
+             "order) | why |", "|---|---|---|---|---|---|---|"]
+    for model, build in auto.items():
+        for b in build["summary"]["bundles"]:
+            sel = b.get("selection") or {}
+            tried = "; ".join(_candidate(c) for c in sel.get("candidates", []))
+            lines.append(f"| {model} | {b['target']} | {sel.get('chosen') or '—'} | "
+                         f"{status_text(b)} | {kb(b.get('bytes'))} | {tried or '—'} | "
+                         f"{sel.get('why') or b.get('reason')} |")
     return lines
 
 
@@ -374,7 +382,7 @@ def render(results: dict[str, Any]) -> str:
     out += ["", "## Harness overhead (bundle's bench.py timing vs a bare session.run loop, "
             "same process, alternating blocks)", ""] + overhead_table(results)
     if results.get("auto"):
-        out += ["", "## `--precision auto` on digits", ""] + auto_table(results["auto"])
+        out += ["", "## `--precision auto`", ""] + auto_table(results["auto"])
     out += ["", "## How to read", "",
             "- p50/p99: interleaved in-process timing through each bundle's own `bench.py` "
             "(`open_runtime` + `edgepack_harness.time_calls`); baselines are timed with the "

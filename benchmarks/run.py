@@ -8,7 +8,8 @@ Per model: ``edgepack build --precision all`` through the CLI (build seconds and
 steps from summary.json), the baselines (benchmarks/baselines.py), one
 interleaved accuracy + latency process (benchmarks/measure.py), then each host
 bundle's own ``bench.py`` alone (golden check + its own latency numbers). Then
-``--precision auto`` on digits for every target. Writes results/<date>.json and
+``--precision auto`` on digits for every target, and on the transformer for onnx-cpu
+(where static and dynamic int8 are the same size and host latency decides). Writes results/<date>.json and
 results/<date>.md (the tables). Targets whose tools are not installed are skipped
 and the table says so; nothing here fails the run except a crash of the suite.
 """
@@ -291,11 +292,11 @@ def run_measures(key: str, res: dict, args, work: Path) -> None:
                                                   args.threads, log)
 
 
-def run_auto(targets: list[str], work: Path) -> dict[str, Any]:
-    folder = work / "digits-auto"
+def run_auto(key: str, targets: list[str], work: Path) -> dict[str, Any]:
+    folder = work / f"{key}-auto"
     folder.mkdir(parents=True, exist_ok=True)
-    say(f"digits: edgepack build --precision auto ({', '.join(targets)})")
-    return edgepack_build(MODELS["digits"].config, targets, ["auto"], folder / "dist",
+    say(f"{key}: edgepack build --precision auto ({', '.join(targets)})")
+    return edgepack_build(MODELS[key].config, targets, ["auto"], folder / "dist",
                           folder / "log.txt")
 
 
@@ -311,16 +312,21 @@ def build_phase(models: list[str], targets: list[str], skipped: dict[str, str], 
                                   "skipped": dict(skipped)}
     big = "text_encoder" if "text_encoder" in models and len(models) > 1 else None
 
+    results["auto"] = {}
+
     def lane_a() -> None:
         if big:
             run_builds(big, targets, work, clock, results["models"][big])
+            # the transformer is where static and dynamic int8 tie on size on onnx-cpu
+            if not args.no_auto and "onnx" in targets:
+                results["auto"][big] = run_auto(big, ["onnx"], work)
 
     def lane_b() -> None:
         for key in models:
             if key != big:
                 run_builds(key, targets, work, clock, results["models"][key])
         if not args.no_auto and "digits" in models:
-            results["auto"] = run_auto(targets, work)
+            results["auto"]["digits"] = run_auto("digits", targets, work)
         for key in models:  # the big model last: onnx2tf on it takes what time is left
             if key != big:
                 run_baselines(key, targets, skipped, work, clock, results["models"][key])

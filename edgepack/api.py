@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from edgepack.errors import ConversionError, EdgepackError, InputError, UsageErr
 from edgepack.isolation import JobOutcome, JobSpec, Worker, execute, in_process
 from edgepack.profiles import PRECISIONS, Profile, resolve_targets
 from edgepack.runners.base import Arrays, run_samples
+from edgepack.selection import Candidate, choose, contenders, paired, race, worth_building
 from edgepack.signature import Signature
 from edgepack.sources import load_source
 from edgepack.sources.base import SourceModel
@@ -331,15 +333,17 @@ class _Context:
 
 def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
           have_calib: bool, started: float) -> BundleResult:
-    """--precision auto: the profile's precisions in its order (smallest first); keep
-    the first whose artifact passes (or is deferred with passing proxy metrics)."""
+    """--precision auto: build the profile's precisions in its order (smallest first)
+    while a smaller artifact may still come, keep the best that passes or is deferred
+    with passing proxy metrics (edgepack.selection says which is best)."""
     order = list(profile.auto_order or reversed(profile.precisions))
-    tried: list[dict[str, Any]] = []
-    last: tuple | None = None
+    tried: list[Candidate] = []
+    built: dict[str, tuple] = {}
     for precision in order:
+        if not worth_building(precision, tried):
+            break
         if precision == "int8" and not have_calib:
-            tried.append({"precision": precision, "status": "skipped",
-                          "reason": "no calibration data (--calib)"})
+            tried.append(Candidate(precision, "skipped", "no calibration data (--calib)"))
             continue
         name = f"{model_name}-{profile.name}-{precision}"
         spec, outcome = attempt(profile, precision, f"auto-{name}")
@@ -348,23 +352,37 @@ def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
         if outcome.artifact is not None:
             size = sum(p.stat().st_size for p in outcome.artifact.folder.rglob("*")
                        if p.is_file())
-        tried.append({"precision": precision, "status": result.status,
-                      "reason": result.reason, "bytes": size})
-        last = (spec, outcome, result, name)
-        if result.status in ("passed", "deferred"):
-            break
-    if last is None:
+        tried.append(Candidate(precision, result.status, result.reason, size))
+        built[precision] = (spec, outcome, result, name)
+    if not built:
         return BundleResult(name=f"{model_name}-{profile.name}-auto", target=profile.name,
                             precision="auto", status="failed",
                             reason="no precision could be tried", conversion_failed=True)
-    spec, outcome, result, name = last
-    chosen = spec.precision if result.status != "failed" else None
-    selection = {
-        "mode": "auto", "order": order, "candidates": tried, "chosen": chosen,
-        "why": (f"{chosen}: the first of the profile's order whose artifact met the "
-                "tolerances" if chosen else "no candidate met the tolerances"),
-    }
+    near = contenders(tried)
+    if profile.auto_host_latency and len(near) > 1:
+        _time_on_host(ctx, profile, near, built)
+    winner, why = choose(tried)
+    # with no winner the bundle is the last candidate built, failed, with its reasons
+    spec, outcome, result, name = built[winner.precision if winner else next(reversed(built))]
+    selection = {"mode": "auto", "order": order, "candidates": [c.to_dict() for c in tried],
+                 "chosen": winner.precision if winner else None, "why": why}
     return _finish(ctx, spec, outcome, result, name, started, selection)
+
+
+def _time_on_host(ctx: _Context, profile: Profile, near: list[Candidate],
+                  built: dict[str, tuple]) -> None:
+    """Host latency of the near-smallest candidates, interleaved; fills their
+    host_p50_ms and vs_preferred. Only for profiles whose runtime is the host's."""
+    backend = get_backend(profile.backend)
+    feeds = {k: v[: ctx.source.signature.batch] for k, v in ctx.evals.inputs.items()}
+    try:
+        runners = {c.precision: backend.runner(built[c.precision][1].artifact) for c in near}
+        rows = race(runners, feeds)
+    except Exception:  # they ran in validation; if not here, size alone decides
+        return
+    for c in near:
+        c.host_p50_ms = statistics.median(rows[c.precision])
+        c.vs_preferred = paired(rows, c.precision, near[0].precision)
 
 
 def _judge(ctx: _Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:

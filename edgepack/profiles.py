@@ -38,6 +38,7 @@ class Profile:
     description: str = ""
     aliases: tuple[str, ...] = ()
     auto_order: tuple[str, ...] = ()
+    auto_host_latency: bool = False  # the build host runs the target's runtime
     static_shapes: bool = False
     opset: int = 17
     int8: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +111,7 @@ def _from_mapping(data: Any, where: str) -> Profile:
         description=data.get("description", ""),
         aliases=tuple(data.get("aliases", ())),
         auto_order=tuple(data.get("auto_order", ())),
+        auto_host_latency=bool(data.get("auto_host_latency", False)),
         static_shapes=bool(data.get("static_shapes", False)),
         opset=int(data.get("opset", 17)),
         int8=dict(data.get("int8", {})),

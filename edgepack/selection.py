@@ -1,0 +1,137 @@
+"""How ``--precision auto`` chooses among the candidates it built for one target.
+
+Size first: the profile's order lists precisions smallest first, and once one
+passes, only the candidates that can be about as small are still built (int8
+and int8-dynamic are both one byte per weight; fp16 never is). The contenders
+are the passing candidates within SIZE_SLACK of the smallest (int8-dynamic of a
+CNN on ONNX Runtime keeps its convolutions float and is not one). Among them
+the profile's order decides (full-integer int8 first: faster on devices and the
+only form NPUs take), unless the profile says the build host runs the target's
+runtime (``auto_host_latency``, e.g. onnx-cpu): then a contender measured
+faster here than the order's pick wins. Static int8 of a transformer on x86
+ONNX Runtime is such a case: dynamic int8 is as small and faster.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgepack.runners.base import Arrays, Runner
+
+# Bits per weight a precision stores: candidates after the first passing one
+# are built only if they store as few.
+NOMINAL_BITS = {"int8": 8, "int8-dynamic": 8, "fp16": 16, "fp32": 32}
+SIZE_SLACK = 0.10  # "about as small": at most 10 % more bytes than the smallest
+LATENCY_MARGIN = 0.03  # faster means at least 3 % faster, paired by round
+ROUNDS = 7
+RACE_SECONDS = 3.0  # timed budget of one race, all candidates together
+
+
+@dataclass
+class Candidate:
+    """One precision auto tried (or skipped) and what came of it."""
+
+    precision: str
+    status: str  # passed | deferred | failed | skipped
+    reason: str | None = None
+    bytes: int | None = None
+    host_p50_ms: float | None = None
+    vs_preferred: float | None = None  # paired host-latency ratio to the order's pick
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("passed", "deferred") and self.bytes is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "status": self.status,
+                               "reason": self.reason, "bytes": self.bytes}
+        if self.host_p50_ms is not None:
+            out["host_p50_ms"] = round(self.host_p50_ms, 4)
+            out["host_latency_vs_preferred"] = round(self.vs_preferred or 1.0, 3)
+        return out
+
+
+def worth_building(precision: str, tried: list[Candidate]) -> bool:
+    """Before any candidate passed every precision is worth a try; after, only
+    those that store as few bits per weight as the first passing one."""
+    first = next((c for c in tried if c.usable), None)
+    return first is None or NOMINAL_BITS[precision] <= NOMINAL_BITS[first.precision]
+
+
+def contenders(tried: list[Candidate]) -> list[Candidate]:
+    """The passing candidates within SIZE_SLACK of the smallest, in the order tried."""
+    usable = [c for c in tried if c.usable]
+    if not usable:
+        return []
+    limit = min(c.bytes or 0 for c in usable) * (1 + SIZE_SLACK)
+    return [c for c in usable if (c.bytes or 0) <= limit]
+
+
+def choose(tried: list[Candidate]) -> tuple[Candidate | None, str]:
+    """The winner and why, from candidates whose host latency was measured (or not)."""
+    near = contenders(tried)
+    if not near:
+        return None, "no candidate met the tolerances"
+    preferred = near[0]
+    smallest = min(near, key=lambda c: c.bytes or 0)
+    why = f"{preferred.precision}: "
+    why += ("the smallest artifact that met the tolerances" if preferred is smallest else
+            f"first in the profile's order among those that met the tolerances within "
+            f"{SIZE_SLACK:.0%} of the smallest ({smallest.precision}, "
+            f"{(preferred.bytes or 0) / (smallest.bytes or 1) - 1:+.1%} bytes)")
+    timed = [c for c in near[1:] if c.vs_preferred is not None]
+    faster = [c for c in timed if (c.vs_preferred or 1.0) < 1 - LATENCY_MARGIN]
+    if not faster:
+        if timed:
+            why += (f"; {', '.join(c.precision for c in timed)} no faster on this host "
+                    f"(paired p50 ratio {', '.join(f'{c.vs_preferred:.2f}' for c in timed)})")
+        return preferred, why
+    best = min(faster, key=lambda c: c.vs_preferred or 1.0)
+    extra = (best.bytes or 0) / (preferred.bytes or 1) - 1
+    return best, (f"{best.precision}: {best.vs_preferred:.2f}x the host latency of "
+                  f"{preferred.precision} (first in the profile's order) at {extra:+.1%} "
+                  "bytes, both met the tolerances")
+
+
+def race(runners: dict[str, Runner], feeds: Arrays, rounds: int = ROUNDS,
+         seconds: float = RACE_SECONDS) -> dict[str, list[float]]:
+    """Per-round p50 (ms) of each runner on one batch, the runners interleaved.
+
+    Rounds alternate the runners' order so that a slow phase of a shared host
+    lands on all of them; ratios should be taken round by round (``paired``).
+    """
+    names = list(runners)
+    for name in names:  # warm-up: first calls allocate and pick kernels
+        for _ in range(3):
+            runners[name].run(feeds)
+    t0 = time.perf_counter()
+    for name in names:
+        runners[name].run(feeds)
+    per_call = max((time.perf_counter() - t0) / len(names), 1e-6)
+    calls = int(min(200, max(5, seconds / (rounds * len(names) * per_call))))
+    rows: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter_ns
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                run, times = runners[name].run, []
+                for _ in range(calls):
+                    start = clock()
+                    run(feeds)
+                    times.append(clock() - start)
+                rows[name].append(statistics.median(times) / 1e6)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return rows
+
+
+def paired(rows: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of name's p50 / base's p50 in the same round."""
+    return statistics.median(a / b for a, b in zip(rows[name], rows[base], strict=True))

@@ -1,0 +1,122 @@
+"""--precision auto: which candidates get built and which one is kept (edgepack.selection),
+then end to end on the trained digits CNN for the onnx and tflite targets."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from conftest import DIGITS, run_cli
+
+from edgepack import manifest as mf
+from edgepack.selection import Candidate, choose, contenders, paired, race, worth_building
+
+
+def _c(precision: str, nbytes: int | None, status: str = "passed",
+       ratio: float | None = None) -> Candidate:
+    return Candidate(precision, status, None, nbytes, vs_preferred=ratio)
+
+
+def test_only_as_small_candidates_are_built_after_a_pass():
+    assert worth_building("int8", [])
+    assert worth_building("fp16", [_c("int8", 100, "failed")])
+    assert worth_building("fp16", [_c("int8", None, "skipped")])
+    passed = [_c("int8", 100)]
+    assert worth_building("int8-dynamic", passed)
+    assert not worth_building("fp16", passed) and not worth_building("fp32", passed)
+
+
+def test_contenders_are_the_passing_ones_near_the_smallest_in_order():
+    tried = [_c("int8", 105), _c("int8-dynamic", 100), _c("fp16", 50, "failed")]
+    assert [c.precision for c in contenders(tried)] == ["int8", "int8-dynamic"]
+    # a CNN's int8-dynamic on ONNX Runtime keeps convolutions float: 2.8x the bytes
+    assert [c.precision for c in contenders([_c("int8", 22), _c("int8-dynamic", 62)])] == [
+        "int8"]
+    assert contenders([_c("int8", 1, "failed")]) == []
+
+
+@pytest.mark.parametrize("tried, chosen, words", [
+    ([_c("int8", 100), _c("int8-dynamic", 300)], "int8", "the smallest"),
+    # untimed near-ties: the profile's order decides, and says so
+    ([_c("int8", 103), _c("int8-dynamic", 100)], "int8", "first in the profile's order"),
+    # timed: faster by more than the margin wins; within it the order's pick stays
+    ([_c("int8", 103, ratio=1.0), _c("int8-dynamic", 100, ratio=0.90)], "int8-dynamic",
+     "0.90x the host latency of int8"),
+    ([_c("int8", 103, ratio=1.0), _c("int8-dynamic", 100, ratio=0.98)], "int8",
+     "no faster on this host"),
+    ([_c("int8", 10, "failed"), _c("int8-dynamic", 30, "deferred")], "int8-dynamic",
+     "the smallest"),
+    ([_c("int8", 10, "failed"), _c("int8-dynamic", 30, "failed")], None,
+     "no candidate met"),
+])
+def test_choice_and_its_reason(tried, chosen, words):
+    winner, why = choose(tried)
+    assert (winner.precision if winner else None) == chosen
+    assert words in why
+
+
+class _Sleeper:
+    name = "sleeper"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self, feeds):
+        time.sleep(self.seconds)
+        return {}
+
+
+def test_race_pairs_rounds_and_orders_by_latency():
+    rows = race({"slow": _Sleeper(0.004), "fast": _Sleeper(0.001)}, {}, rounds=3,
+                seconds=0.3)
+    assert len(rows["slow"]) == len(rows["fast"]) == 3
+    assert paired(rows, "fast", "slow") < 0.6  # 0.25 + sleep overhead
+    assert paired(rows, "slow", "slow") == 1.0
+
+
+@pytest.fixture(scope="module")
+def auto_dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "dist"
+    proc = run_cli("build", DIGITS / "edgepack.yaml", "--target", "onnx", "--target",
+                   "tflite", "--precision", "auto", "--out", out, "--json")
+    return out, proc
+
+
+def test_auto_builds_the_int8_forms_and_keeps_the_best(auto_dist):
+    out, proc = auto_dist
+    assert proc.returncode == 0, proc.stderr
+    bundles = {b["target"]: b for b in json.loads(proc.stdout)["bundles"]}
+    assert {t: b["precision"] for t, b in bundles.items()} == {
+        "onnx-cpu": "int8", "android-arm64": "int8"}
+    for target, bundle in bundles.items():
+        sel = mf.read(out / bundle["path"])["selection"]
+        tried = {c["precision"]: c for c in sel["candidates"]}
+        # fp16/fp32 cannot be as small once an int8 form passed: not built
+        assert list(tried) == ["int8", "int8-dynamic"], target
+        assert {c["status"] for c in tried.values()} == {"passed"}
+        if target == "onnx-cpu":
+            # convolutions stay float in ONNX Runtime's dynamic int8: 2.8x the bytes,
+            # so not a contender and nothing is timed
+            assert tried["int8-dynamic"]["bytes"] > 2.5 * tried["int8"]["bytes"]
+            assert "host_p50_ms" not in tried["int8"]
+            assert sel["why"] == "int8: the smallest artifact that met the tolerances"
+        else:
+            # TFLite's dynamic-range form is ~3 % smaller: a near tie, and LiteRT on this
+            # x86 host says nothing about the phone, so the order (full int8) decides
+            ratio = tried["int8"]["bytes"] / tried["int8-dynamic"]["bytes"]
+            assert 1.0 < ratio < 1.10
+            assert "first in the profile's order" in sel["why"]
+
+
+def test_race_on_real_sessions_is_near_one_for_the_same_file(auto_dist):
+    from edgepack.runners.onnxruntime import OnnxRuntimeRunner
+
+    out, _ = auto_dist
+    model = out / "digits-onnx-cpu-int8" / "model.onnx"
+    x = np.load(DIGITS / "eval.npz")
+    feeds = {k: v[:1] for k, v in x.items() if k != "labels"}
+    rows = race({"a": OnnxRuntimeRunner(model), "b": OnnxRuntimeRunner(model)}, feeds,
+                rounds=5, seconds=0.5)
+    assert 0.7 < paired(rows, "a", "b") < 1.4
