@@ -297,7 +297,7 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
             return spec, execute(spec, *local, report)
         return spec, worker.run(spec, cfg.timeout, report)
 
-    ctx = _Context(cfg, source, evals, eval_ref, golden)
+    ctx = _Context(cfg, source, evals, eval_ref, golden, say)
     results = []
     try:
         for profile, precision in plan:
@@ -329,6 +329,7 @@ class _Context:
     evals: SampleSet
     eval_ref: Arrays
     golden: tuple[Arrays, Arrays]
+    say: Progress = lambda _m: None
 
 
 def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
@@ -375,10 +376,14 @@ def _time_on_host(ctx: _Context, profile: Profile, near: list[Candidate],
     host_p50_ms and vs_preferred. Only for profiles whose runtime is the host's."""
     backend = get_backend(profile.backend)
     feeds = {k: v[: ctx.source.signature.batch] for k, v in ctx.evals.inputs.items()}
+    ctx.say(f"{profile.name}/auto: {', '.join(c.precision for c in near)} are about the "
+            "same size; timing them on this host")
     try:
         runners = {c.precision: backend.runner(built[c.precision][1].artifact) for c in near}
         rows = race(runners, feeds)
-    except Exception:  # they ran in validation; if not here, size alone decides
+    except Exception as e:  # they ran in validation; if not here, the order decides
+        ctx.say(f"{profile.name}/auto: timing failed ({_one_line(e)}); the profile's "
+                "order decides")
         return
     for c in near:
         c.host_p50_ms = statistics.median(rows[c.precision])

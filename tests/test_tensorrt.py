@@ -557,3 +557,60 @@ def test_real_classifier_jetson_fp16_and_int8(effnet, tmp_path):
         and producer[producer[t].input[0]].op_type == "QuantizeLinear" for t in n.input)]
     assert 0 < len(both) == m["quantization"]["tensorrt"]["residual_adds_quantized"] <= 9
     assert m["quantization"]["symmetric"] is True
+
+
+def test_float_weights_stored_fp16_for_the_engines_fp16_layers(tmp_path):
+    """int8 engines run kept-out layers in fp16 (--fp16), so their weights and the
+    embedding tables ship fp16: Gather reads fp16 and casts the rows it took, a
+    MatMul weight is cast once; conv kernels and what fp16 cannot hold stay fp32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgepack.backends.passes.onnx_fp16 import store_weights_fp16
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(300, 16)).astype(np.float32)
+    w = rng.normal(size=(16, 64)).astype(np.float32)
+    huge = (rng.normal(size=(64, 32)) * 1e5).astype(np.float32)  # beyond fp16's 65504
+    kernel = rng.normal(size=(64, 3, 3, 3)).astype(np.float32)  # 1,728 elements
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(table, "table"), (w, "w"), (huge, "huge"), (kernel, "kernel"),
+              (np.zeros(64, np.float32), "bias")]]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("MatMul", ["emb", "w"], ["h"]),
+             helper.make_node("Add", ["h", "bias"], ["y"]),
+             helper.make_node("MatMul", ["y", "huge"], ["z"]),
+             helper.make_node("Conv", ["img", "kernel"], ["c"])]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5]),
+         helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 64]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 5, 32]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 64, 4, 4])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.ByteSize()
+    feeds = {"ids": np.array([[0, 7, 299, 7, 42]]),
+             "img": rng.normal(size=(1, 3, 6, 6)).astype(np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    ref = run(model)
+    assert store_weights_fp16(model) == {"tensors": 2, "bytes_saved": (300 + 64) * 16 * 2}
+    onnx.checker.check_model(model)
+    assert (300 + 64) * 16 * 2 - 100 < before - model.ByteSize() < (300 + 64) * 16 * 2  # Casts
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types == {"table": TensorProto.FLOAT16, "w": TensorProto.FLOAT16,
+                     "huge": TensorProto.FLOAT, "kernel": TensorProto.FLOAT,
+                     "bias": TensorProto.FLOAT}
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Cast", "Gather", "Cast", "MatMul", "Add", "MatMul", "Conv"]
+    assert model.graph.node[2].input[0] == model.graph.node[1].output[0]  # rows cast
+    got = run(model)
+    for r, g in zip(ref, got, strict=True):
+        assert r.shape == g.shape
+        assert np.abs(g - r).max() <= 2e-3 * np.abs(r).max()
+    np.testing.assert_array_equal(got[2], ref[2])  # the conv did not change at all

@@ -13,7 +13,8 @@ optimization profile, opset/IR the profile's TensorRT reads):
         calibrated on --calib, per-channel weights on the output-channel axis,
         through the accuracy-aware search (layers kept in float when they hurt),
         then TensorRT's Q/DQ placement (passes/trt_qdq.py); built with --int8
-        (+ --fp16 for the float layers unless the profile says fp32).
+        (+ --fp16 for the float layers unless the profile says fp32; then the
+        float weights and embedding tables are also stored fp16 in the ONNX)
 
 Host validation: this machine has no TensorRT/GPU, so ``runner`` raises
 Deferred with ONNX Runtime on the exact shipped ONNX as the proxy (fp16: a
@@ -343,6 +344,12 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         raise ConversionError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} "
                               f"({len(problems)} problem(s))")
     summary = qdq_summary(model, floats)
+    if s.int8_float_fallback == "fp16":
+        # the engine runs the float layers in fp16 (--fp16): their weights and the
+        # embedding tables are rounded to fp16 on the device either way
+        from edgepack.backends.passes.onnx_fp16 import store_weights_fp16
+
+        record["float_weights_fp16"] = store_weights_fp16(model)
     # zero points stay explicit (TensorRT 8.5 needs all three DQ inputs); identical ones merge
     record["artifact_compaction"] = compact_onnx(model, kept, drop_zero_points=False)
     onnx.save_model(model, str(out))
@@ -500,7 +507,7 @@ class TensorRTBackend:
             "fp16": "onnxruntime-cpu on the shipped ONNX converted to fp16 (weights and "
                     "activations rounded to fp16 as in TensorRT's fp16 layers)",
             "int8": "onnxruntime-cpu on the shipped ONNX (its Q/DQ simulate the int8 engine; "
-                    "float layers run in fp32 here)",
+                    "float layers run in fp32 here, on their weights as shipped)",
         }.get(precision, "onnxruntime-cpu on the shipped ONNX")
         raise Deferred(DEFERRED_REASON, proxy=proxy, proxy_name=name)
 

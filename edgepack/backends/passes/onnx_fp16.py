@@ -67,3 +67,84 @@ def integer_derived_nodes(model: Any) -> list[str]:
             derived.update(o for o in node.output if o)
             names.append(node.name)
     return names
+
+
+#: Float weights smaller than this stay fp32 (biases, norms: bytes do not matter there).
+FP16_STORAGE_MIN_ELEMENTS = 1024
+_FP16_MAX = 65504.0
+_CAST_READERS = ("MatMul", "Gemm")  # ops that take a weight computed in the graph
+
+
+def store_weights_fp16(model: Any, min_elements: int = FP16_STORAGE_MIN_ELEMENTS
+                       ) -> dict[str, int]:
+    """Store the large fp32 initializers as fp16, cast back to fp32 where they are read.
+
+    For artifacts whose float layers run in fp16 on the device anyway (TensorRT int8
+    engines built with --fp16): the device rounds these weights to fp16 itself, so
+    storing them so costs nothing there and halves their bytes. An embedding table
+    read by Gather is gathered in fp16 and only the gathered rows are cast (a cast of
+    the whole table before the Gather could run at every inference); a MatMul/Gemm
+    weight gets one Cast right after it (TensorRT multiplies tensors; runtimes fold
+    the cast as a constant). Convolution kernels stay fp32: TensorRT 8 takes a kernel
+    computed in the graph only from a DequantizeLinear. Tensors fp16 cannot hold
+    (|w| > 65504) stay fp32. Changes ``model`` in place.
+    """
+    import copy
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    if any(a.HasField("g") or len(a.graphs) for n in graph.node for a in n.attribute):
+        return {"tensors": 0, "bytes_saved": 0}  # readers inside subgraphs: not tracked
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    taken |= {i.name for i in graph.input}
+
+    def fresh(base: str) -> str:
+        k = 0
+        while f"{base}_h{k}" in taken:
+            k += 1
+        taken.add(f"{base}_h{k}")
+        return f"{base}_h{k}"
+
+    head: list[Any] = []  # Casts of constants: they go first, before any reader
+    after: dict[str, Any] = {}  # fp16 output of a Gather -> the Cast that follows it
+    stored = saved = 0
+    for init in graph.initializer:
+        uses = consumers.get(init.name, [])
+        if (init.data_type != TensorProto.FLOAT or init.name in outputs or not uses
+                or int(np.prod(init.dims)) < min_elements):
+            continue
+        gathered = all(n.op_type == "Gather" and i == 0 for n, i in uses)
+        if not gathered and not all(n.op_type in _CAST_READERS for n, _ in uses):
+            continue
+        value = numpy_helper.to_array(init)
+        if not np.isfinite(value).all() or np.abs(value).max() > _FP16_MAX:
+            continue
+        init.CopyFrom(numpy_helper.from_array(value.astype(np.float16), init.name))
+        saved += value.nbytes // 2
+        stored += 1
+        if gathered:
+            for node, _ in uses:
+                half = fresh(node.output[0])
+                after[half] = helper.make_node("Cast", [half], [node.output[0]],
+                                               to=TensorProto.FLOAT)
+                node.output[0] = half
+            continue
+        cast_out = fresh(init.name)
+        head.append(helper.make_node("Cast", [init.name], [cast_out], to=TensorProto.FLOAT))
+        for node, i in uses:
+            node.input[i] = cast_out
+    nodes = list(head)
+    for node in graph.node:
+        nodes.append(copy.deepcopy(node))
+        if node.output and node.output[0] in after:
+            nodes.append(after[node.output[0]])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return {"tensors": stored, "bytes_saved": saved}
