@@ -9,9 +9,10 @@ steps from summary.json), the baselines (benchmarks/baselines.py), one
 interleaved accuracy + latency process (benchmarks/measure.py), then each host
 bundle's own ``bench.py`` alone (golden check + its own latency numbers). Then
 ``--precision auto`` on digits for every target, and on the transformer for onnx-cpu
-(where static and dynamic int8 are the same size and host latency decides). Writes results/<date>.json and
-results/<date>.md (the tables). Targets whose tools are not installed are skipped
-and the table says so; nothing here fails the run except a crash of the suite.
+(where static and dynamic int8 are the same size and host latency decides). Writes
+results/<date>.json and results/<date>.md (the tables). Targets whose tools are not
+installed are skipped and the table says so; nothing here fails the run except a
+crash of the suite.
 """
 
 from __future__ import annotations

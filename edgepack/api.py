@@ -341,8 +341,10 @@ def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
     tried: list[Candidate] = []
     built: dict[str, tuple] = {}
     for precision in order:
-        if not worth_building(precision, tried):
-            break
+        if not worth_building(precision, tried, ctx.source.parameter_count()):
+            tried.append(Candidate(precision, "not built", "cannot be about as small as a "
+                                   "candidate that already met the tolerances"))
+            continue
         if precision == "int8" and not have_calib:
             tried.append(Candidate(precision, "skipped", "no calibration data (--calib)"))
             continue

@@ -2,7 +2,8 @@
 
 Size first: the profile's order lists precisions smallest first, and once one
 passes, only the candidates that can be about as small are still built (int8
-and int8-dynamic are both one byte per weight; fp16 never is). The contenders
+and int8-dynamic are both one byte per weight; fp16 two, which beats an int8 form
+only when that one left much in float). The contenders
 are the passing candidates within SIZE_SLACK of the smallest (int8-dynamic of a
 CNN on ONNX Runtime keeps its convolutions float and is not one). Among them
 the profile's order decides (full-integer int8 first: faster on devices and the
@@ -22,8 +23,8 @@ from typing import Any
 
 from edgepack.runners.base import Arrays, Runner
 
-# Bits per weight a precision stores: candidates after the first passing one
-# are built only if they store as few.
+# Bits per weight a precision stores: a candidate after a passing one is built
+# only if the parameters at these bits could be about as small as that one.
 NOMINAL_BITS = {"int8": 8, "int8-dynamic": 8, "fp16": 16, "fp32": 32}
 SIZE_SLACK = 0.10  # "about as small": at most 10 % more bytes than the smallest
 LATENCY_MARGIN = 0.03  # faster means at least 3 % faster, paired by round
@@ -36,7 +37,7 @@ class Candidate:
     """One precision auto tried (or skipped) and what came of it."""
 
     precision: str
-    status: str  # passed | deferred | failed | skipped
+    status: str  # passed | deferred | failed | skipped | not built
     reason: str | None = None
     bytes: int | None = None
     host_p50_ms: float | None = None
@@ -55,11 +56,21 @@ class Candidate:
         return out
 
 
-def worth_building(precision: str, tried: list[Candidate]) -> bool:
-    """Before any candidate passed every precision is worth a try; after, only
-    those that store as few bits per weight as the first passing one."""
-    first = next((c for c in tried if c.usable), None)
-    return first is None or NOMINAL_BITS[precision] <= NOMINAL_BITS[first.precision]
+def worth_building(precision: str, tried: list[Candidate], parameters: int | None) -> bool:
+    """Whether a candidate may still come out about as small as the best that passed.
+
+    Its expected size is one weight per parameter at the precision's bits; the
+    passing ones are measured (ONNX Runtime's int8-dynamic keeps convolutions
+    float, so fp16 is the smaller form of a CNN without calibration data). Without
+    a parameter count: only forms storing as few bits per weight as the first pass.
+    """
+    usable = [c for c in tried if c.usable]
+    if not usable:
+        return True
+    if not parameters:
+        return NOMINAL_BITS[precision] <= NOMINAL_BITS[usable[0].precision]
+    best = min(c.bytes or 0 for c in usable)
+    return parameters * NOMINAL_BITS[precision] / 8 <= best * (1 + SIZE_SLACK)
 
 
 def contenders(tried: list[Candidate]) -> list[Candidate]:

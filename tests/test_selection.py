@@ -20,12 +20,18 @@ def _c(precision: str, nbytes: int | None, status: str = "passed",
 
 
 def test_only_as_small_candidates_are_built_after_a_pass():
-    assert worth_building("int8", [])
-    assert worth_building("fp16", [_c("int8", 100, "failed")])
-    assert worth_building("fp16", [_c("int8", None, "skipped")])
-    passed = [_c("int8", 100)]
-    assert worth_building("int8-dynamic", passed)
-    assert not worth_building("fp16", passed) and not worth_building("fp32", passed)
+    assert worth_building("int8", [], 100)
+    assert worth_building("fp16", [_c("int8", 100, "failed")], 100)
+    assert worth_building("fp16", [_c("int8", None, "skipped")], 100)
+    passed = [_c("int8", 110)]  # 100 parameters
+    assert worth_building("int8-dynamic", passed, 100)
+    assert not worth_building("fp16", passed, 100) and not worth_building("fp32", passed, 100)
+    # ONNX Runtime's int8-dynamic of a CNN keeps the convolutions float: 2.6 B/parameter
+    assert worth_building("fp16", [_c("int8-dynamic", 260)], 100)
+    assert not worth_building("fp32", [_c("int8-dynamic", 260)], 100)
+    # no parameter count: only forms with as few bits per weight
+    assert worth_building("int8-dynamic", passed, None)
+    assert not worth_building("fp16", [_c("int8-dynamic", 260)], None)
 
 
 def test_contenders_are_the_passing_ones_near_the_smallest_in_order():
@@ -93,9 +99,10 @@ def test_auto_builds_the_int8_forms_and_keeps_the_best(auto_dist):
     for target, bundle in bundles.items():
         sel = mf.read(out / bundle["path"])["selection"]
         tried = {c["precision"]: c for c in sel["candidates"]}
-        # fp16/fp32 cannot be as small once an int8 form passed: not built
-        assert list(tried) == ["int8", "int8-dynamic"], target
-        assert {c["status"] for c in tried.values()} == {"passed"}
+        # fp16/fp32 cannot be as small once an int8 form passed: not built, and said so
+        assert [(p, c["status"]) for p, c in tried.items()] == [
+            ("int8", "passed"), ("int8-dynamic", "passed"), ("fp16", "not built"),
+            ("fp32", "not built")], target
         if target == "onnx-cpu":
             # convolutions stay float in ONNX Runtime's dynamic int8: 2.8x the bytes,
             # so not a contender and nothing is timed
@@ -120,3 +127,22 @@ def test_race_on_real_sessions_is_near_one_for_the_same_file(auto_dist):
     rows = race({"a": OnnxRuntimeRunner(model), "b": OnnxRuntimeRunner(model)}, feeds,
                 rounds=5, seconds=0.5)
     assert 0.7 < paired(rows, "a", "b") < 1.4
+
+
+def test_auto_without_calibration_data_keeps_the_smaller_fp16(tmp_path):
+    """No --calib: static int8 is skipped, and ONNX Runtime's int8-dynamic of a CNN
+    keeps its convolutions float (3.2 B/parameter): fp16 is built too and is smaller."""
+    config = tmp_path / "edgepack.yaml"
+    config.write_text((DIGITS / "edgepack.yaml").read_text().replace("calib: calib.npz\n", "")
+                      .replace("model.py:build", str(DIGITS / "model.py") + ":build")
+                      .replace("eval.npz", str(DIGITS / "eval.npz")))
+    proc = run_cli("build", config, "--target", "onnx", "--precision", "auto", "--out",
+                   tmp_path / "dist", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (bundle,) = json.loads(proc.stdout)["bundles"]
+    assert bundle["precision"] == "fp16" and bundle["status"] == "passed"
+    sel = mf.read(tmp_path / "dist" / bundle["path"])["selection"]
+    tried = {c["precision"]: c for c in sel["candidates"]}
+    assert [c["status"] for c in tried.values()] == ["skipped", "passed", "passed", "not built"]
+    assert tried["fp16"]["bytes"] < 0.7 * tried["int8-dynamic"]["bytes"]
+    assert sel["why"] == "fp16: the smallest artifact that met the tolerances"
