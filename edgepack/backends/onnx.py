@@ -3,7 +3,8 @@
 Recipes (one cleaned fp32 graph shared by all precisions):
   fp32          source -> onnx -> cleaned onnx
   fp16          cleaned onnx -> fp16 (float I/O kept)
-  int8-dynamic  cleaned onnx -> ORT dynamic quantization
+  int8-dynamic  cleaned onnx -> ORT dynamic quantization of MatMul/Gemm/Gather, and
+                convolutions weight-only int8 (folded to fp32 kernels at load)
   int8          cleaned onnx -> static QDQ U8S8, calibrated, with the accuracy search; the
                 MatMul/Gemm layers the search keeps out of static int8 run as dynamic int8
                 (MatMulInteger), the other kept-out layers in float

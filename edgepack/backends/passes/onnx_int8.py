@@ -1051,8 +1051,11 @@ def quantize_static_int8(
 
 
 def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
-    """ORT dynamic int8: per-channel int8 weights, activations quantized at run time."""
+    """ORT dynamic int8 of MatMul/Gemm/Gather: per-channel int8 weights, activations
+    quantized at run time; convolutions weight-only int8 (onnx_weight_only)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgepack.backends.passes.onnx_weight_only import quantize_conv_weights
 
     with tempfile.TemporaryDirectory(prefix="edgepack-int8-") as tmp:
         work = Path(tmp)
@@ -1070,10 +1073,11 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
                 )
         except Exception as exc:  # noqa: BLE001
             raise ConversionError(f"ORT dynamic quantization failed: {exc}") from exc
-        data = dst.read_bytes()
+        quantized = onnx.load(str(dst))
+    weight_only = quantize_conv_weights(quantized)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(data)
+    onnx.save_model(quantized, str(out_path))
     return {
         "method": "dynamic",
         "format": "QOperator",
@@ -1082,6 +1086,7 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
         "per_channel": True,
         "symmetric": False,
         "op_types": list(DYNAMIC_OPS),
+        "weight_only": weight_only,
         "preprocess": f"{PREPROCESS}; not: {', '.join(DYNAMIC_UNFUSED)}",
         "calibration": None,
         "nodes_kept_float": [],
