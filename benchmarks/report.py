@@ -318,7 +318,7 @@ def _candidate(c: dict) -> str:
     if c.get("host_p50_ms") is not None:
         text += f", host p50 {c['host_p50_ms']:.3g} ms"
     if c["status"] != "passed" and c.get("reason"):
-        text += f" ({c['reason'][:60]})"
+        text += f" ({c['reason'][:100]})"
     return text
 
 

@@ -32,7 +32,7 @@ from edgepack.errors import ConversionError, EdgepackError, InputError, UsageErr
 from edgepack.isolation import JobOutcome, JobSpec, Worker, execute, in_process
 from edgepack.profiles import PRECISIONS, Profile, resolve_targets
 from edgepack.runners.base import Arrays, run_samples
-from edgepack.selection import Candidate, choose, contenders, paired, race, worth_building
+from edgepack.selection import Candidate, choose, contenders, not_worth_building, paired, race
 from edgepack.signature import Signature
 from edgepack.sources import load_source
 from edgepack.sources.base import SourceModel
@@ -341,9 +341,9 @@ def _auto(ctx: _Context, profile: Profile, model_name: str, attempt: Callable,
     tried: list[Candidate] = []
     built: dict[str, tuple] = {}
     for precision in order:
-        if not worth_building(precision, tried, ctx.source.parameter_count()):
-            tried.append(Candidate(precision, "not built", "cannot be about as small as a "
-                                   "candidate that already met the tolerances"))
+        too_big = not_worth_building(precision, tried, ctx.source.parameter_count())
+        if too_big:
+            tried.append(Candidate(precision, "not built", too_big))
             continue
         if precision == "int8" and not have_calib:
             tried.append(Candidate(precision, "skipped", "no calibration data (--calib)"))

@@ -56,21 +56,36 @@ class Candidate:
         return out
 
 
-def worth_building(precision: str, tried: list[Candidate], parameters: int | None) -> bool:
-    """Whether a candidate may still come out about as small as the best that passed.
+def not_worth_building(precision: str, tried: list[Candidate], parameters: int | None
+                       ) -> str | None:
+    """Why a candidate cannot come out about as small as the best that passed (None:
+    build it).
 
     Its expected size is one weight per parameter at the precision's bits; the
-    passing ones are measured (ONNX Runtime's int8-dynamic keeps convolutions
-    float, so fp16 is the smaller form of a CNN without calibration data). Without
-    a parameter count: only forms storing as few bits per weight as the first pass.
+    passing ones are measured (a form that left much in float is bigger than its
+    bits say, and fp16 may then beat it). Without a parameter count: only forms
+    storing as few bits per weight as the first pass are built.
     """
     usable = [c for c in tried if c.usable]
     if not usable:
-        return True
+        return None
+    bits = NOMINAL_BITS[precision]
+    best = min(usable, key=lambda c: c.bytes or 0)
     if not parameters:
-        return NOMINAL_BITS[precision] <= NOMINAL_BITS[usable[0].precision]
-    best = min(c.bytes or 0 for c in usable)
-    return parameters * NOMINAL_BITS[precision] / 8 <= best * (1 + SIZE_SLACK)
+        first = usable[0]
+        if bits <= NOMINAL_BITS[first.precision]:
+            return None
+        return f"{bits} bits per weight; {first.precision} ({NOMINAL_BITS[first.precision]}) " \
+               "already met the tolerances"
+    expected = parameters * bits / 8
+    if expected <= (best.bytes or 0) * (1 + SIZE_SLACK):
+        return None
+    return (f"~{_kb(expected)} at {bits} bits per parameter; {best.precision} met the "
+            f"tolerances at {_kb(best.bytes or 0)}")
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def contenders(tried: list[Candidate]) -> list[Candidate]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import DIGITS, run_cli
 
 from edgepack import manifest as mf
-from edgepack.selection import Candidate, choose, contenders, paired, race, worth_building
+from edgepack.selection import Candidate, choose, contenders, not_worth_building, paired, race
 
 
 def _c(precision: str, nbytes: int | None, status: str = "passed",
@@ -20,18 +20,21 @@ def _c(precision: str, nbytes: int | None, status: str = "passed",
 
 
 def test_only_as_small_candidates_are_built_after_a_pass():
-    assert worth_building("int8", [], 100)
-    assert worth_building("fp16", [_c("int8", 100, "failed")], 100)
-    assert worth_building("fp16", [_c("int8", None, "skipped")], 100)
+    assert not_worth_building("int8", [], 100) is None
+    assert not_worth_building("fp16", [_c("int8", 100, "failed")], 100) is None
+    assert not_worth_building("fp16", [_c("int8", None, "skipped")], 100) is None
     passed = [_c("int8", 110)]  # 100 parameters
-    assert worth_building("int8-dynamic", passed, 100)
-    assert not worth_building("fp16", passed, 100) and not worth_building("fp32", passed, 100)
-    # ONNX Runtime's int8-dynamic of a CNN keeps the convolutions float: 2.6 B/parameter
-    assert worth_building("fp16", [_c("int8-dynamic", 260)], 100)
-    assert not worth_building("fp32", [_c("int8-dynamic", 260)], 100)
+    assert not_worth_building("int8-dynamic", passed, 100) is None
+    assert not_worth_building("fp16", passed, 100) == (
+        "~0.2 kB at 16 bits per parameter; int8 met the tolerances at 0.1 kB")
+    assert not_worth_building("fp32", passed, 100)
+    # a form that left much in float (2.6 B/parameter): fp16 may still beat it
+    assert not_worth_building("fp16", [_c("int8-dynamic", 260)], 100) is None
+    assert not_worth_building("fp32", [_c("int8-dynamic", 260)], 100)
     # no parameter count: only forms with as few bits per weight
-    assert worth_building("int8-dynamic", passed, None)
-    assert not worth_building("fp16", [_c("int8-dynamic", 260)], None)
+    assert not_worth_building("int8-dynamic", passed, None) is None
+    assert not_worth_building("fp16", [_c("int8-dynamic", 260)], None) == (
+        "16 bits per weight; int8-dynamic (8) already met the tolerances")
 
 
 def test_contenders_are_the_passing_ones_near_the_smallest_in_order():
