@@ -79,8 +79,8 @@ def _progress(quiet: bool):
 @click.argument("model", required=False)
 @click.option("--target", "targets", multiple=True, help="onnx | profile name | profile.yaml | all")
 @click.option("--precision", "precisions", multiple=True,
-              help="fp32 | fp16 | int8 | int8-dynamic | all | auto (smallest that passes); "
-                   "default: the profile's")
+              help="fp32 | fp16 | int8 | int8-dynamic | all | auto (the smallest, then "
+                   "fastest, that passes); default: the profile's")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
               help="Input shape for torch sources, e.g. input:1x3x224x224:float32")
 @click.option("--output", "outputs", multiple=True, help="Output names (torch sources).")

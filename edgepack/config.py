@@ -17,7 +17,17 @@ CONFIG_KEYS = {
     "tolerances", "out", "seed", "samples", "golden_samples", "int8",
     "allow_random_calibration", "timeout",
 }
-INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds", "fallback"}
+INT8_KEYS = {"method", "percentile", "max_float_nodes", "max_seconds", "max_candidates",
+             "fallback"}
+#: Numbers the int8 search budget reads (bool is an int in Python: refused).
+INT8_VALUE_CHECKS = {
+    "max_float_nodes": (lambda v: type(v) is int and v >= 0, "an integer >= 0"),
+    "max_candidates": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),
+    "max_seconds": (lambda v: type(v) in (int, float) and 0 < v < float("inf"),
+                    "a number of seconds > 0"),
+    "percentile": (lambda v: type(v) in (int, float) and 0 < v <= 100,
+                   "a number in (0, 100]"),
+}
 #: What layers kept out of static int8 become where the runtime allows (onnx-cpu).
 INT8_FALLBACKS = ("float", "dynamic")
 TASKS = ("classification", "regression", None)
@@ -128,6 +138,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if "int8" in out:
         if not isinstance(out["int8"], dict) or set(out["int8"]) - INT8_KEYS:
             raise UsageError(f"config {path}: 'int8' takes only {sorted(INT8_KEYS)}")
+        for key, (ok, what) in INT8_VALUE_CHECKS.items():
+            value = out["int8"].get(key)
+            if value is not None and not ok(value):
+                raise UsageError(f"config {path}: int8 {key} must be {what}, not {value!r:.40}")
         if out["int8"].get("fallback", "float") not in INT8_FALLBACKS:
             raise UsageError(f"config {path}: int8 fallback must be one of "
                              f"{', '.join(INT8_FALLBACKS)}, not {out['int8']['fallback']!r:.40}")

@@ -327,6 +327,11 @@ ROWS = [
     row(lambda k: [k.config(targets=5)], 2, "'targets' must be", id="config-bad-targets"),
     row(lambda k: [k.config(int8={"fallback": "fast"})], 2,
         "int8 fallback must be one of float, dynamic, not 'fast'", id="config-int8-fallback"),
+    row(lambda k: [k.config(int8={"max_candidates": 0})], 2,
+        "int8 max_candidates must be an integer >= 1, not 0", id="config-int8-candidates"),
+    row(lambda k: [k.config(int8={"max_seconds": "soon"})], 2,
+        "int8 max_seconds must be a number of seconds > 0, not 'soon'",
+        id="config-int8-seconds"),
     # --- where the bundles go
     row(lambda k: onnx_with("--out", k.file("taken", b"a file"))(k), 2,
         "cannot write to --out", "choose a writable folder", id="out-is-a-file"),

@@ -118,6 +118,33 @@ def test_search_time_budget_and_no_candidates(tmp_path):
     assert not r.passed and r.stopped == "no candidates to keep in float"
 
 
+def test_search_candidate_budget_cuts_at_the_same_step_on_any_machine(tmp_path):
+    """A candidate count, unlike seconds, stops every run at the same candidate."""
+    runs = []
+    for i, cap in enumerate((4, 4, 100)):
+        d = tmp_path / str(i)
+        d.mkdir()
+        s = Synthetic(d, HARM, need=0.99)  # never passes: the budget decides
+        r = search(s.quantize, s.evaluate, list(HARM), Budget(max_candidates=cap))
+        runs.append((s.built, r.to_record()))
+    (built, rec), (again, rec2), (free, _) = runs
+    assert built == again and rec == rec2
+    # leave-one-out gets half (all-int8 and node a); the greedy only builds what helped
+    assert built == [(), ("a",)] and len(free) > 4
+    assert rec["leave_one_out"] == "candidate budget spent during leave-one-out"
+    assert rec["stopped"] == rec["leave_one_out"] and not rec["passed"]
+    assert rec["budget"]["max_candidates"] == 4
+    s = Synthetic(tmp_path / "0", HARM, need=0.99)
+    r = search(s.quantize, s.evaluate, list(HARM), Budget(max_candidates=8))
+    assert len(s.built) <= 8 and r.to_record()["stopped"].startswith("candidate budget spent")
+
+
+def test_budget_from_settings():
+    b = Budget.from_settings({"max_float_nodes": 3, "max_seconds": 30, "max_candidates": 24})
+    assert (b.max_float_nodes, b.max_seconds, b.max_candidates) == (3, 30.0, 24)
+    assert Budget.from_settings({}) == Budget()
+
+
 def test_search_is_deterministic_and_record_is_clean(tmp_path):
     recs = []
     for i in range(2):

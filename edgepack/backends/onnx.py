@@ -118,11 +118,7 @@ class OnnxBackend:
             if job.calib is None or job.calib_reference is None:
                 raise UsageError("static int8 needs calibration data (--calib)")
             settings = {**job.profile.int8, **job.int8}
-            budget = Budget()
-            if "max_float_nodes" in settings:
-                budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
-            if "max_seconds" in settings:
-                budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+            budget = Budget.from_settings(settings)
             opts = Int8Options(
                 method=settings.get("method", "auto"),
                 per_channel=settings.get("per_channel", True),

@@ -268,11 +268,7 @@ def _int8_options(job: Job):
     if settings.get("per_channel", True) is not True:
         raise UsageError(f"profile {job.profile.name}: TensorRT int8 here uses per-channel "
                          "weights: int8.per_channel must be true")
-    budget = Budget()
-    if "max_float_nodes" in settings:
-        budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
-    if "max_seconds" in settings:
-        budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+    budget = Budget.from_settings(settings)
     # embeddings=False: TensorRT fuses Q/DQ into Conv/MatMul weights only; an int8 Gather
     # table would be dequantized back to float here, rounded for nothing.
     opts = Int8Options(method=settings.get("method", "auto"), per_channel=True, symmetric=True,

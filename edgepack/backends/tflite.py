@@ -135,17 +135,12 @@ def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], li
 def _search_settings(job: Job, output_names: list[str]) -> dict[str, Any]:
     """The int8 accuracy search's settings: the onnx backend's stricter calibration
     targets and the build's int8 budget (edgepack.yaml / profile ``int8``)."""
-    from dataclasses import replace
 
     from edgepack.backends.onnx import search_tolerances
     from edgepack.quantize.search import Budget
 
     settings = {**job.profile.int8, **job.int8}
-    budget = Budget()
-    if "max_float_nodes" in settings:
-        budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
-    if "max_seconds" in settings:
-        budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+    budget = Budget.from_settings(settings)
     return {"output_names": output_names, "tolerances": search_tolerances(job.tolerances),
             "task": job.task, "budget": budget, "progress": job.progress}
 

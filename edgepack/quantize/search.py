@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 #: Decimal places kept for scores in records: enough to compare, stable to print.
 SCORE_DIGITS = 6
@@ -24,17 +25,37 @@ SCORE_DIGITS = 6
 
 @dataclass
 class Budget:
-    """What the search may spend before it gives up (and reports failure)."""
+    """What the search may spend before it gives up (and reports failure).
+
+    ``max_seconds`` depends on the machine: a search it cuts short keeps different
+    layers in float on a faster or busier host. ``max_candidates`` (artifacts built
+    and scored, ranking ones included) cuts it at the same step everywhere, so the
+    same build gives the same artifact; the time budget stays as a safety net.
+    """
 
     max_float_nodes: int = 16  # layers allowed to stay in float
     max_seconds: float = 600.0
     max_size_growth: float = 0.35  # artifact may grow at most this fraction over the all-int8 one
+    max_candidates: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Budget:
+        """The budget an edgepack.yaml / profile ``int8`` section asks for."""
+        budget = cls()
+        if "max_float_nodes" in settings:
+            budget = replace(budget, max_float_nodes=int(settings["max_float_nodes"]))
+        if "max_seconds" in settings:
+            budget = replace(budget, max_seconds=float(settings["max_seconds"]))
+        if settings.get("max_candidates") is not None:
+            budget = replace(budget, max_candidates=int(settings["max_candidates"]))
+        return budget
 
     def to_dict(self) -> dict:
         return {
             "max_float_nodes": self.max_float_nodes,
             "max_seconds": self.max_seconds,
             "max_size_growth": self.max_size_growth,
+            "max_candidates": self.max_candidates,
         }
 
 
@@ -130,7 +151,7 @@ def search(
        members of groups that helped are then scored alone; when the most helpful
        group passes in full, only its members are (the greedy step then looks for
        fewer of them that pass; the whole group is the fallback). At most half
-       the time budget goes to this step;
+       the time (and candidate) budget goes to this step;
     3. greedy: add ranked nodes (only those whose exclusion helped) one at a
        time (a helpful group in one step, before its members) until the score
        passes or the budget (float nodes, size growth, time) is spent. A step is
@@ -146,8 +167,14 @@ def search(
     cache: dict[frozenset[str], Step] = {}
     paths: dict[frozenset[str], Path] = {}
 
-    def out_of_time() -> bool:
-        return time.monotonic() - t0 > budget.max_seconds
+    def exhausted(share: float = 1.0) -> str:
+        """Which budget ``share`` of it is spent ("" while neither is)."""
+        if time.monotonic() - t0 > budget.max_seconds * share:
+            return "time budget spent"
+        if budget.max_candidates is not None and \
+                len(steps) >= max(1, int(budget.max_candidates * share)):
+            return "candidate budget spent"
+        return ""
 
     def trial(excluded: tuple[str, ...], note: str) -> Step:
         key = frozenset(excluded)
@@ -216,14 +243,13 @@ def search(
     # that helped are then tried one by one, most helpful group first, so a cut
     # leaves the likeliest nodes ranked.
     base_rank = base.score if rank is None else ranked((), "all-int8")
-    loo_end = t0 + budget.max_seconds / 2
     units = _units(names, groups)
     todo = sum(len(u) for u in units) + sum(len(u) > 1 for u in units)
     done = 0
     scores: dict[str, float] = {}
     for unit in units:
-        if time.monotonic() > loo_end:
-            loo_cut = "time budget spent during leave-one-out"
+        if why := exhausted(0.5):
+            loo_cut = f"{why} during leave-one-out"
             break
         done += 1
         say(f"leave-one-out {done}/{todo}")
@@ -239,7 +265,7 @@ def search(
     helpful_groups = sorted(((u, sc) for u, sc in group_scores if sc > base_rank),
                             key=lambda t: -t[1])  # stable: ties keep order
     whole: Step | None = None
-    if helpful_groups and not loo_cut and not out_of_time() and \
+    if helpful_groups and not loo_cut and not exhausted() and \
             len(helpful_groups[0][0]) <= budget.max_float_nodes:
         step = trial(helpful_groups[0][0], "group leave-one-out")
         if step.passed and step.size <= max_bytes:
@@ -249,8 +275,8 @@ def search(
         if loo_cut:
             break
         for name in unit:
-            if time.monotonic() > loo_end:
-                loo_cut = "time budget spent during leave-one-out"
+            if why := exhausted(0.5):
+                loo_cut = f"{why} during leave-one-out"
                 break
             done += 1
             say(f"leave-one-out {done}/{todo}")
@@ -263,7 +289,7 @@ def search(
         top = sorted(enumerate(pool), key=lambda t: (-t[1].score, len(t[1].excluded), t[0]))
         return top[0][1]
 
-    if rank is not None and ranking and not out_of_time():
+    if rank is not None and ranking and not exhausted():
         trial((ranking[0][0],), "leave-one-out")  # the best-ranked single, in full
     singles = [cache[frozenset((n,))] for n in scores if frozenset((n,)) in cache]
     passing = [s for s in singles if s.passed and s.size <= max_bytes]
@@ -296,8 +322,8 @@ def search(
                 continue  # a whole group does not fit: its members may, one by one
             stopped = "float-node budget spent"
             break
-        if out_of_time():
-            stopped = "time budget spent"
+        if why := exhausted():
+            stopped = why
             break
         say(f"keeping {len(kept) + len(add)} node(s) in float")
         step = replace(trial((*kept, *add), "greedy"), note="greedy")
