@@ -35,8 +35,9 @@ def test_encoder_tflite_int8_from_torch(tmp_path):
     manifest = json.loads((tmp_path / static["path"] / "manifest.json").read_text())
     search = manifest["quantization"]["search"]
     # all-int8 misses the search target; the layers it kept float raised the score (the
-    # sample's 60 s budget may end before the stricter search target is met under load;
-    # the profile's bars above are what the bundle must meet)
+    # sample's budget of 48 candidates ends before the stricter search target is met:
+    # 0.952 -> 0.982 with 2 linears float, measured; the profile's bars above are what
+    # the bundle must meet)
     assert search["baseline_score"] < 0.97
     assert search["score"] > search["baseline_score"] + 0.005
     kept = manifest["quantization"]["nodes_in_float"]
