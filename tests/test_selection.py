@@ -53,8 +53,8 @@ def test_contenders_are_the_passing_ones_near_the_smallest_in_order():
     # timed: faster by more than the margin wins; within it the order's pick stays
     ([_c("int8", 103, ratio=1.0), _c("int8-dynamic", 100, ratio=0.90)], "int8-dynamic",
      "0.90x the host latency of int8"),
-    ([_c("int8", 103, ratio=1.0), _c("int8-dynamic", 100, ratio=0.98)], "int8",
-     "no faster on this host"),
+    ([_c("int8", 103, ratio=1.0), _c("int8-dynamic", 100, ratio=0.96)], "int8",
+     "not 5% faster here"),
     ([_c("int8", 10, "failed"), _c("int8-dynamic", 30, "deferred")], "int8-dynamic",
      "the smallest"),
     ([_c("int8", 10, "failed"), _c("int8-dynamic", 30, "failed")], None,
@@ -111,12 +111,12 @@ def test_auto_builds_the_int8_forms_and_keeps_the_best(auto_dist):
         assert sel["chosen"] == bundle["precision"]
         if target == "onnx-cpu":
             # the host runs ONNX Runtime: both were timed, interleaved, and the faster
-            # by at least 3 % wins, else the profile's order (static int8 first)
+            # by at least 5 % wins, else the profile's order (static int8 first)
             vs = tried["int8-dynamic"]["host_latency_vs_preferred"]
             assert tried["int8"]["host_latency_vs_preferred"] == 1.0
             assert tried["int8"]["host_p50_ms"] > 0 and tried["int8-dynamic"]["host_p50_ms"] > 0
-            assert sel["chosen"] == ("int8-dynamic" if vs < 0.97 else "int8"), (vs, sel)
-            assert ("host latency" in sel["why"]) == (vs < 0.97)
+            assert sel["chosen"] == ("int8-dynamic" if vs < 0.95 else "int8"), (vs, sel)
+            assert ("host latency" in sel["why"]) == (vs < 0.95)
         else:
             # LiteRT on this x86 host says nothing about the phone: the order decides
             assert "host_p50_ms" not in tried["int8"]
