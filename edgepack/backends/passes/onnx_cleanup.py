@@ -9,7 +9,7 @@ int8 quantizer refers to nodes by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,23 @@ def short_name(i: int) -> str:
         out = digits[r] + out
         if i == 0:
             return out
+
+
+def name_maker(graph: Any) -> Callable[[str], str]:
+    """``fresh(base)``: ``base`` or ``base_1``, ``base_2``... whichever no tensor or node
+    of ``graph`` (nor an earlier call) uses, for passes that add tensors."""
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    taken |= {t for n in graph.node for t in (*n.input, *n.output)}
+    taken |= {n.name for n in graph.node}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh
 
 
 def _shorten_names(graph: Any, keep_nodes: set[str]) -> int:

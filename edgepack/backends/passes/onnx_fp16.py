@@ -94,6 +94,8 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORAGE_MIN_ELEMENTS
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    from edgepack.backends.passes.onnx_cleanup import name_maker
+
     graph = model.graph
     if any(a.HasField("g") or len(a.graphs) for n in graph.node for a in n.attribute):
         return {"tensors": 0, "bytes_saved": 0}  # readers inside subgraphs: not tracked
@@ -102,16 +104,7 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORAGE_MIN_ELEMENTS
         for i, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node, i))
     outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    taken |= {i.name for i in graph.input}
-
-    def fresh(base: str) -> str:
-        k = 0
-        while f"{base}_h{k}" in taken:
-            k += 1
-        taken.add(f"{base}_h{k}")
-        return f"{base}_h{k}"
-
+    fresh = name_maker(graph)
     head: list[Any] = []  # Casts of constants: they go first, before any reader
     after: dict[str, Any] = {}  # fp16 output of a Gather -> the Cast that follows it
     stored = saved = 0
@@ -131,12 +124,12 @@ def store_weights_fp16(model: Any, min_elements: int = FP16_STORAGE_MIN_ELEMENTS
         stored += 1
         if gathered:
             for node, _ in uses:
-                half = fresh(node.output[0])
+                half = fresh(f"{node.output[0]}_fp16")
                 after[half] = helper.make_node("Cast", [half], [node.output[0]],
                                                to=TensorProto.FLOAT)
                 node.output[0] = half
             continue
-        cast_out = fresh(init.name)
+        cast_out = fresh(f"{init.name}_fp32")
         head.append(helper.make_node("Cast", [init.name], [cast_out], to=TensorProto.FLOAT))
         for node, i in uses:
             node.input[i] = cast_out

@@ -699,20 +699,14 @@ def _to_dynamic(model, names: Sequence[str], cache: _WeightCache, per_channel: b
     import onnx
     from onnx import helper, numpy_helper
 
+    from edgepack.backends.passes.onnx_cleanup import name_maker
+
     if not names:
         return
     graph = model.graph
     inits = _inits(model)
     wanted = set(names)
-    taken = {t for n in graph.node for t in (*n.input, *n.output)} | set(inits)
-    taken |= {n.name for n in graph.node}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = name_maker(graph)
 
     dql: dict[str, list[str]] = {}  # input tensor -> [q, scale, zero point]
     new_nodes = []

@@ -28,22 +28,15 @@ def quantize_conv_weights(model: Any) -> dict[str, Any]:
     """Store the float Conv kernels of ``model`` as int8 + per-channel scales, in place."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from edgepack.backends.passes.onnx_cleanup import name_maker
+
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    taken = set(inits) | {o for n in graph.node for o in n.output} | {
-        i.name for i in graph.input}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
-
+    fresh = name_maker(graph)
     head: list[Any] = []
     new_inits: list[Any] = []
     layers = saved = 0
