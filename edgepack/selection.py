@@ -4,8 +4,7 @@ Size first: the profile's order lists precisions smallest first, and once one
 passes, only the candidates that can be about as small are still built (int8
 and int8-dynamic are both one byte per weight; fp16 two, which beats an int8 form
 only when that one left much in float). The contenders
-are the passing candidates within SIZE_SLACK of the smallest (int8-dynamic of a
-CNN on ONNX Runtime keeps its convolutions float and is not one). Among them
+are the passing candidates within SIZE_SLACK of the smallest. Among them
 the profile's order decides (full-integer int8 first: faster on devices and the
 only form NPUs take), unless the profile says the build host runs the target's
 runtime (``auto_host_latency``, e.g. onnx-cpu): then a contender measured
@@ -15,12 +14,12 @@ ONNX Runtime is such a case: dynamic int8 is as small and faster.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from edgepack.harness.edgepack_harness import time_calls
 from edgepack.runners.base import Arrays, Runner
 
 # Bits per weight a precision stores: a candidate after a passing one is built
@@ -28,9 +27,10 @@ from edgepack.runners.base import Arrays, Runner
 NOMINAL_BITS = {"int8": 8, "int8-dynamic": 8, "fp16": 16, "fp32": 32}
 SIZE_SLACK = 0.10  # "about as small": at most 10 % more bytes than the smallest
 # Faster means at least 5 % faster, paired by round. Interleaved rounds on a shared
-# host still move a ratio by a few %: digits' two int8 forms measured 0.96-0.98 in
-# different runs, MiniLM's 0.90-0.93. A smaller margin made the choice flip between
-# builds; this one keeps clear wins only.
+# host still move a ratio by several %: digits' two int8 forms measured 0.92-0.98 in
+# different runs (so the choice between them can differ from build to build), MiniLM's
+# 0.89-0.93. A 3 % margin flipped digits more often; no margin makes a timed choice
+# reproducible, which is why README says to pin --precision for that.
 LATENCY_MARGIN = 0.05
 ROUNDS = 7
 RACE_SECONDS = 3.0  # timed budget of one race, all candidates together
@@ -145,21 +145,12 @@ def race(runners: dict[str, Runner], feeds: Arrays, rounds: int = ROUNDS,
     per_call = max((time.perf_counter() - t0) / len(names), 1e-6)
     calls = int(min(200, max(5, seconds / (rounds * len(names) * per_call))))
     rows: dict[str, list[float]] = {name: [] for name in names}
-    clock = time.perf_counter_ns
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                run, times = runners[name].run, []
-                for _ in range(calls):
-                    start = clock()
-                    run(feeds)
-                    times.append(clock() - start)
-                rows[name].append(statistics.median(times) / 1e6)
-    finally:
-        if was_enabled:
-            gc.enable()
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            run = runners[name].run
+            # the bundle harness's own timing loop (no allocation, GC paused)
+            times = time_calls(lambda run=run: run(feeds), calls, 0)
+            rows[name].append(statistics.median(times) / 1e6)
     return rows
 
 

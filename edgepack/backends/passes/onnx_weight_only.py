@@ -28,7 +28,7 @@ def quantize_conv_weights(model: Any) -> dict[str, Any]:
     """Store the float Conv kernels of ``model`` as int8 + per-channel scales, in place."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgepack.backends.passes.onnx_cleanup import name_maker
+    from edgepack.backends.passes.onnx_cleanup import name_maker, remove_unused_initializers
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -72,10 +72,7 @@ def quantize_conv_weights(model: Any) -> dict[str, Any]:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    remove_unused_initializers(graph)  # the float kernels (kept if a graph output)
     return {
         "op_types": ["Conv"],
         "layers": layers,
