@@ -299,7 +299,7 @@ def test_encoder_fp16_loads_and_matches(encoder_dist, tmp_path):
     import numpy as np
 
     from edgepack.backends.passes.onnx_fp16 import to_fp16
-    from edgepack.backends.passes.onnx_int8 import _OrtRunner
+    from edgepack.backends.passes.onnx_ort import OrtRunner
     from edgepack.runners.base import run_samples
 
     out, proc = encoder_dist
@@ -307,8 +307,8 @@ def test_encoder_fp16_loads_and_matches(encoder_dist, tmp_path):
     fp32 = _encoder(out, "fp32") / "model.onnx"
     half = to_fp16(fp32, tmp_path / "fp16.onnx")
     ev = {k: v[:40] for k, v in np.load(TEXT / "eval.npz").items()}
-    ref = run_samples(_OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
-    got = run_samples(_OrtRunner(half, quantized=False), ev, 1)["embedding"]
+    ref = run_samples(OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
+    got = run_samples(OrtRunner(half, quantized=False), ev, 1)["embedding"]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() >= 0.999
     assert fp32.stat().st_size / half.stat().st_size >= 1.95
@@ -321,7 +321,8 @@ def test_encoder_static_int8_does_not_collapse(encoder_dist, tmp_path):
     with no search at all, already keeps the embeddings (calibration: 48 sentences)."""
     import numpy as np
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, _OrtRunner, quantize_static_int8
+    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.backends.passes.onnx_ort import OrtRunner
     from edgepack.quantize.search import Budget
     from edgepack.runners.base import run_samples
 
@@ -334,8 +335,8 @@ def test_encoder_static_int8_does_not_collapse(encoder_dist, tmp_path):
     rec = quantize_static_int8(fp32, q, calib, 1, lambda o: (True, 1.0), Int8Options(
         method="minmax", bias_correction=False, budget=Budget(max_float_nodes=0)))
     assert rec["nodes_kept_float"] == []
-    ref = run_samples(_OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
-    got = run_samples(_OrtRunner(q), ev, 1)["embedding"]
+    ref = run_samples(OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
+    got = run_samples(OrtRunner(q), ev, 1)["embedding"]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.mean() >= 0.985 and cos.min() >= 0.95, (cos.min(), cos.mean())
     assert fp32.stat().st_size / q.stat().st_size >= 3.5

@@ -208,9 +208,9 @@ def _accept(ref, top1: float = 0.95):
 
 
 def _run(path, feeds):
-    from edgepack.backends.passes.onnx_int8 import _OrtRunner
+    from edgepack.backends.passes.onnx_ort import OrtRunner
 
-    return _OrtRunner(Path(path)).run(feeds)["logits"]
+    return OrtRunner(Path(path)).run(feeds)["logits"]
 
 
 def test_static_int8_digits_accuracy_record_and_determinism(digits, tmp_path):
@@ -339,7 +339,7 @@ def test_unnamed_nodes_get_deterministic_names(digits, tmp_path):
 def test_dynamic_int8_digits(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_int8 import quantize_dynamic_int8
+    from edgepack.backends.passes.onnx_dynamic_int8 import quantize_dynamic_int8
 
     p = tmp_path / "dyn.onnx"
     rec = quantize_dynamic_int8(digits["onnx"], p)
@@ -359,11 +359,8 @@ def test_dynamic_fallback_runs_kept_out_gemm_as_matmul_integer(digits, tmp_path,
 
     from edgepack.backends.onnx import compact_artifact
     from edgepack.backends.passes import onnx_int8
-    from edgepack.backends.passes.onnx_int8 import (
-        SESSION_DISABLED_OPTIMIZERS,
-        Int8Options,
-        quantize_static_int8,
-    )
+    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
 
     # the search's candidates: the classifier Gemm only; "never passes" keeps it out
     # whenever keeping it out scores higher than all-int8 (its int8 logits)
@@ -594,14 +591,14 @@ def test_fp16_keeps_mask_arithmetic_in_float(masked, tmp_path):
     import onnx
 
     from edgepack.backends.passes.onnx_fp16 import integer_derived_nodes, to_fp16
-    from edgepack.backends.passes.onnx_int8 import _OrtRunner
+    from edgepack.backends.passes.onnx_ort import OrtRunner
     from edgepack.runners.base import run_samples
 
     blocked = integer_derived_nodes(onnx.load(str(masked["onnx"])))
     ops = {n.name: n.op_type for n in onnx.load(str(masked["onnx"])).graph.node}
     assert [ops[n] for n in blocked][:1] == ["Cast"] and "Clip" in {ops[n] for n in blocked}
     half = to_fp16(masked["onnx"], tmp_path / "half.onnx")  # ORT refused it before
-    out = run_samples(_OrtRunner(half, quantized=False), masked["calib"], 1)["out"]
+    out = run_samples(OrtRunner(half, quantized=False), masked["calib"], 1)["out"]
     assert _cos(out, masked["ref"]).min() > 0.999
 
 

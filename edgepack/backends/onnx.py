@@ -103,16 +103,13 @@ class OnnxBackend:
             job.progress("converting to fp16")
             to_fp16(base, out)
         elif job.precision == "int8-dynamic":
-            from edgepack.backends.passes.onnx_int8 import quantize_dynamic_int8
+            from edgepack.backends.passes.onnx_dynamic_int8 import quantize_dynamic_int8
 
             job.progress("dynamic int8 quantization")
             quantization = quantize_dynamic_int8(base, out)
         elif job.precision == "int8":
-            from edgepack.backends.passes.onnx_int8 import (
-                SESSION_DISABLED_OPTIMIZERS,
-                Int8Options,
-                quantize_static_int8,
-            )
+            from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+            from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
             from edgepack.quantize.search import Budget
 
             if job.calib is None or job.calib_reference is None:

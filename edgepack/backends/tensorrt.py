@@ -296,7 +296,8 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     import onnx
 
     from edgepack.backends.passes.onnx_cleanup import compact_onnx
-    from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS, quantize_static_int8
+    from edgepack.backends.passes.onnx_int8 import quantize_static_int8
+    from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
     from edgepack.backends.passes.trt_onnx import graph_opset, ir_version_for
     from edgepack.backends.passes.trt_qdq import (
         check_tensorrt_qdq,
@@ -460,7 +461,7 @@ class TensorRTBackend:
             shutil.copyfile(graph, out)
             compact_artifact(out, [], drop_zero_points=False)
         render_build_script(job.workdir / BUILD_SCRIPT, job.profile.name, s, job.precision)
-        from edgepack.backends.passes.onnx_int8 import SESSION_DISABLED_OPTIMIZERS
+        from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
 
         options = {
             "precision": job.precision,
