@@ -75,12 +75,23 @@ def _progress(quiet: bool):
     return say, status
 
 
+def _listed(values: tuple[str, ...]) -> list[str]:
+    """Repeated options and comma-separated lists alike: ``--target onnx,tflite``.
+    An existing file is one value (a profile path may hold a comma)."""
+    out: list[str] = []
+    for value in values:
+        parts = [value] if Path(value).is_file() else value.split(",")
+        out += [p.strip() for p in parts if p.strip()]
+    return out
+
+
 @main.command()
 @click.argument("model", required=False)
-@click.option("--target", "targets", multiple=True, help="onnx | profile name | profile.yaml | all")
+@click.option("--target", "targets", multiple=True,
+              help="onnx | profile name | profile.yaml | all; repeat or comma-separate")
 @click.option("--precision", "precisions", multiple=True,
               help="fp32 | fp16 | int8 | int8-dynamic | all | auto (the smallest, then "
-                   "fastest, that passes); default: the profile's")
+                   "fastest, that passes); repeat or comma-separate; default: the profile's")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
               help="Input shape for torch sources, e.g. input:1x3x224x224:float32")
 @click.option("--output", "outputs", multiple=True, help="Output names (torch sources).")
@@ -107,7 +118,7 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
 
     cfg = make_config(
         model, config_file,
-        targets=list(targets), precisions=list(precisions),
+        targets=_listed(targets), precisions=_listed(precisions),
         inputs=[parse_input_option(i) for i in inputs], outputs=list(outputs) or None,
         calib=calib, eval=eval_, task=task,
         tolerances=dict(parse_tolerance_option(t) for t in tolerances),

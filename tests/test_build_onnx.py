@@ -205,6 +205,16 @@ def test_tolerance_override_fails_build_naming_metric(tmp_path):
     assert any("cosine_min" in f for f in m["validation"]["failures"])
 
 
+def test_comma_separated_targets_and_precisions(tmp_path):
+    """--target onnx,onnx-cpu --precision fp32,fp16 is the same as repeating the options
+    (a target named twice is one profile)."""
+    proc = run_cli("build", DIGITS / "edgepack.yaml", "--target", "onnx,onnx-cpu",
+                   "--precision", "fp32, fp16", "--out", tmp_path / "d", "--json")
+    assert proc.returncode == 0, proc.stderr
+    built = sorted((b["target"], b["precision"]) for b in json.loads(proc.stdout)["bundles"])
+    assert built == [("onnx-cpu", "fp16"), ("onnx-cpu", "fp32")]
+
+
 def test_harness_runs_in_bundle(digits_dist, tmp_path):
     out, _ = digits_dist
     result = tmp_path / "r.json"
