@@ -16,15 +16,14 @@ optimization profile, opset/IR the profile's TensorRT reads):
         (+ --fp16 for the float layers unless the profile says fp32; then the
         float weights and embedding tables are also stored fp16 in the ONNX)
 
-Host validation: this machine has no TensorRT/GPU, so ``runner`` raises
-Deferred with ONNX Runtime on the exact shipped ONNX as the proxy (fp16: a
-copy converted to fp16, so fp16 rounding is simulated). Where TensorRT and a
-GPU are present, the engine is built and run for real instead.
+Host validation (runners/tensorrt.py): this machine has no TensorRT/GPU, so
+``runner`` raises Deferred with ONNX Runtime on the exact shipped ONNX as the
+proxy (fp16: a copy converted to fp16, so fp16 rounding is simulated). Where
+TensorRT and a GPU are present, the engine is built and run for real instead.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
@@ -37,7 +36,7 @@ from edgepack.backends.base import Artifact, Deferred, Job
 from edgepack.backends.onnx import calibration_judge, search_tolerances
 from edgepack.backends.shared import fp32_onnx
 from edgepack.errors import ConversionError, UsageError
-from edgepack.runners.base import Arrays, Runner, run_samples
+from edgepack.runners.base import Runner, run_samples
 from edgepack.signature import Signature, TensorSpec
 
 TOOLCHAIN = ["torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common"]
@@ -375,66 +374,6 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     return record
 
 
-# --------------------------------------------------------------------------- runners
-
-
-class _ProxyRunner:
-    """ONNX Runtime on the shipped ONNX (fp16: an fp16 copy), session made on first use."""
-
-    def __init__(self, path: Path, fp16: bool, disabled_optimizers: tuple[str, ...]) -> None:
-        self.path, self.fp16, self.disabled = Path(path), fp16, disabled_optimizers
-        self.name = "onnxruntime-proxy"
-        self._runner: Any = None
-
-    def _load(self) -> Any:
-        from edgepack.runners.onnxruntime import OnnxRuntimeRunner
-
-        if not self.fp16:
-            return OnnxRuntimeRunner(self.path, disabled_optimizers=self.disabled)
-        from edgepack.backends.passes.onnx_fp16 import to_fp16
-
-        with tempfile.TemporaryDirectory(prefix="edgepack-trt-fp16-") as tmp:
-            half = to_fp16(self.path, Path(tmp) / "model.fp16.onnx")
-            return OnnxRuntimeRunner(half)  # the session holds the model; the file can go
-
-    def run(self, feeds: Arrays) -> Arrays:
-        if self._runner is None:
-            self._runner = self._load()
-        return self._runner.run(feeds)
-
-
-def _harness_module() -> Any:
-    """The bundle's bench.py code, shared so host and device run engines the same way."""
-    spec = importlib.util.spec_from_file_location("edgepack_bench_tensorrt",
-                                                  HARNESS_DIR / "bench_tensorrt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _host_tensorrt() -> Any:
-    """(tensorrt module, harness module) when TensorRT and a CUDA GPU are usable here."""
-    try:
-        import tensorrt as trt  # noqa: F401 - only on a user's GPU workstation
-
-        bench = _harness_module()
-        if bench.Cuda().device_count() < 1:
-            return None
-        return trt, bench
-    except Exception:
-        return None
-
-
-class _EngineRunner:
-    name = "tensorrt"
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def run(self, feeds: Arrays) -> Arrays:
-        return self.engine.run(feeds)
-
-
 class TensorRTBackend:
     name = "tensorrt"
     runtime = "tensorrt"
@@ -493,13 +432,15 @@ class TensorRTBackend:
         )
 
     def runner(self, artifact: Artifact) -> Runner:
+        from edgepack.runners.tensorrt import ProxyRunner, host_tensorrt
+
         opts = artifact.runtime_options
-        host = _host_tensorrt()
+        host = host_tensorrt()
         if host is not None:
             return self._real_runner(artifact, *host)
         precision = opts.get("precision")
-        proxy = _ProxyRunner(artifact.main, fp16=precision == "fp16",
-                             disabled_optimizers=tuple(opts.get("disabled_optimizers", ())))
+        proxy = ProxyRunner(artifact.main, fp16=precision == "fp16",
+                            disabled_optimizers=tuple(opts.get("disabled_optimizers", ())))
         name = {
             "fp16": "onnxruntime-cpu on the shipped ONNX converted to fp16 (weights and "
                     "activations rounded to fp16 as in TensorRT's fp16 layers)",
@@ -515,12 +456,14 @@ class TensorRTBackend:
         The engine is for this GPU and TensorRT only; it is not shipped (the device
         builds its own). The manifest says the numbers come from a real engine.
         """
+        from edgepack.runners.tensorrt import EngineRunner
+
         opts = dict(artifact.runtime_options, dla_core=None)  # no DLA on a workstation
         folder = Path(tempfile.mkdtemp(prefix="edgepack-trt-host-"))
         try:
             engine = folder / ENGINE
             bench.build_engine_python(trt, str(artifact.main), str(engine), opts)
-            runner = _EngineRunner(bench.PythonEngine(trt, str(engine)))
+            runner = EngineRunner(bench.PythonEngine(trt, str(engine)))
         except bench.HarnessError as e:
             raise ConversionError(f"TensorRT {trt.__version__} on this host: {e}") from None
         finally:
