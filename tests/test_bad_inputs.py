@@ -135,6 +135,18 @@ NAN = np.where(np.arange(GOOD.size).reshape(GOOD.shape) == 5, np.nan, GOOD).asty
 INF = np.where(np.arange(GOOD.size).reshape(GOOD.shape) == 5, np.inf, GOOD).astype(np.float32)
 OBJECTS = np.array([GOOD[0], "text", None, 3], dtype=object)
 DIGITS_PY = str(DIGITS / "model.py")
+BUGGY_FORWARD = """import torch
+
+
+class Buggy(torch.nn.Module):
+    def forward(self, x):
+        sizes = []
+        return x * sizes[0]
+
+
+def build():
+    return Buggy()
+"""
 
 
 def _data_rows(flag: str, role: str, all_kinds: bool) -> list[Any]:
@@ -214,6 +226,10 @@ ROWS = [
                    "--input", "input:1x1x8x8"], 2,
         "build() returned an object of type int, not a torch.nn.Module", "return the model object",
         id="entry-returns-non-module"),
+    # a bug in the model's forward: a bare IndexError names its file, line and function
+    row(lambda k: [k.entry(BUGGY_FORWARD), "--target", "onnx", "--input", "x:1x4"], 2,
+        "does not fit the model: list index out of range",
+        "(IndexError in entry.py:7 forward)", id="entry-forward-bug-located"),
     row(lambda k: [k.entry("build = 42\n"), "--target", "onnx"], 2,
         "build is of type int, not a callable", id="entry-not-callable"),
     row(lambda k: [f"{k.tmp}/gone.py:build", "--target", "onnx"], 2,

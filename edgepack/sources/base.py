@@ -81,8 +81,29 @@ _TORCHSCRIPT_TRACEBACK = "The following operation failed in the TorchScript inte
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 
 
+#: Exceptions whose message alone does not say what went wrong (a bug inside a tool or
+#: the user's code, e.g. "list index out of range"): the one-line reason also names
+#: the type and the innermost frame, which is what a search or bug report needs.
+_BARE = (AssertionError, AttributeError, IndexError, KeyError, NotImplementedError,
+         TypeError, UnboundLocalError, ZeroDivisionError)
+
+
+def origin(exc: BaseException) -> str:
+    """' (IndexError in pkg/module.py:609 function)' for a bare exception, else ''."""
+    import traceback
+
+    if not isinstance(exc, _BARE) or exc.__traceback__ is None:
+        return ""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    path = frame.filename.replace("\\", "/")
+    path = path.split("site-packages/")[-1] if "site-packages/" in path else Path(path).name
+    return f" ({type(exc).__name__} in {path}:{frame.lineno} {frame.name})"
+
+
 def one_line(exc: BaseException | str, limit: int = 200) -> str:
     """First non-empty line of an exception message, shortened: for one-line errors."""
+    if not isinstance(exc, str) and origin(exc):
+        return one_line(str(exc) or type(exc).__name__, limit) + origin(exc)
     text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
     text = _ANSI.sub("", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -72,4 +72,6 @@ def last_error_line(e: BaseException, tail: list[str] | None = None) -> str:
     line = (errors or text or [type(e).__name__])[0]
     if (not text) and tail:
         line = tail[-1]
-    return line if len(line) <= 240 else line[:237] + "..."
+    from edgepack.sources.base import origin
+
+    return (line if len(line) <= 240 else line[:237] + "...") + origin(e)
