@@ -19,6 +19,8 @@ CHECKS = [
      "runs tflite bundles on this host"),
     ("tensorflow", "tensorflow", "tensorflow-cpu", "tflite",
      "Keras/SavedModel sources -> TFLite"),
+    ("tf2onnx", "tf2onnx", "tf2onnx", "tflite",
+     "Keras/SavedModel sources -> ONNX (onnx-cpu, TensorRT, Core ML)"),
     ("coremltools", "coremltools", "coremltools", "coreml",
      "Core ML packages (runs them on macOS only)"),
     ("onnx2torch", "onnx2torch", "onnx2torch", "coreml", "ONNX sources -> Core ML"),

@@ -349,13 +349,6 @@ def test_structural_check_rejects_a_wrong_signature(digits_coreml):
         structural_check(bundle / "model.mlpackage", wrong, {})
 
 
-def test_keras_sources_get_a_one_line_error():
-    from edgepack.backends.coreml import _no_route
-
-    text = str(_no_route("keras"))
-    assert "TensorFlow 2.1.0–2.12.0" in text and "\n" not in text and "tf2onnx" in text
-
-
 # ---------------------------------------------------------------- real classifier (slow)
 
 

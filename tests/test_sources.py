@@ -383,3 +383,49 @@ def test_copy_of_scripted_model_hashes_its_bytes(tmp_path: Path, models: dict[st
     copy = tmp_path / "copy.pt"
     shutil.copy(models["pt"], copy)
     assert load_source(copy, INPUT).sha256 == load_source(models["pt"], INPUT).sha256
+
+
+def test_keras_and_savedmodel_sources_build_for_the_onnx_based_targets(keras_digits, tmp_path):
+    """Keras/SavedModel -> ONNX (tf2onnx) -> onnx-cpu, TensorRT and Core ML (onnx2torch),
+    checked against TensorFlow's own outputs on held-out digits; the graph keeps the
+    source's NHWC input, so the same data feeds every artifact."""
+    import json
+
+    from conftest import run_cli
+
+    from edgepack import manifest as mf
+
+    out = tmp_path / "d"
+    proc = run_cli("build", keras_digits["keras"], "--target", "onnx,jetson,coreml",
+                   "--precision", "fp32,int8", "--calib", keras_digits["calib"], "--eval",
+                   keras_digits["eval"], "--task", "classification", "--out", out, "--json",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundles = {(b["target"], b["precision"]): b for b in json.loads(proc.stdout)["bundles"]}
+    assert len(bundles) == 6
+    for (target, _), b in bundles.items():
+        assert b["status"] == ("passed" if target == "onnx-cpu" else "deferred"), b
+        m = b["metrics"]["output0"]
+        assert m["reference_task_accuracy"] >= 90.0  # trained (92.3 %), not a toy
+        assert m["reference_task_accuracy"] - m["task_accuracy"] <= 1.5
+        assert m["top1_agreement"] >= 0.98
+    manifest = mf.read(out / "digits-onnx-cpu-int8")
+    assert manifest["source"]["format"] == "keras"
+    assert {"tf2onnx", "tensorflow-cpu"} <= set(manifest["toolchain"])
+    model = onnx.load(str(out / "digits-onnx-cpu-fp32" / "model.onnx"))
+    (graph_input,) = model.graph.input
+    assert graph_input.name == "image"
+    dims = graph_input.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [8, 8, 1]
+    assert dims[0].dim_param  # Keras' batch dimension stays symbolic on onnx-cpu
+    assert [o.name for o in model.graph.output] == ["output0"]
+    assert run_cli("bench", out / "digits-onnx-cpu-int8", "--runs", "20").returncode == 0
+
+    # a SavedModel takes the same route (its serving signature names the output)
+    proc = run_cli("build", keras_digits["savedmodel"], "--target", "onnx", "--precision",
+                   "fp32", "--eval", keras_digits["eval"], "--task", "classification",
+                   "--out", tmp_path / "s", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (b,) = json.loads(proc.stdout)["bundles"]
+    assert b["status"] == "passed"
+    assert next(iter(b["metrics"].values()))["cosine_min"] >= 0.9999

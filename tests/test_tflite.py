@@ -332,33 +332,6 @@ def test_silently_permuted_3d_input_fails_validation(tmp_path):
 # ---------------------------------------------------------------- Keras / SavedModel
 
 
-@pytest.fixture(scope="module")
-def keras_digits(tmp_path_factory) -> dict[str, Path]:
-    pytest.importorskip("tensorflow")
-    folder = tmp_path_factory.mktemp("keras")
-    code = f"""
-import os, numpy as np
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import keras
-from sklearn.datasets import load_digits
-d = load_digits(); x = (d.images / 16.0).astype(np.float32)[..., None]; y = d.target
-keras.utils.set_random_seed(0)
-m = keras.Sequential([keras.Input((8, 8, 1), name="image"),
-    keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-    keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(10)])
-m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-m.fit(x[:1200], y[:1200], epochs=15, batch_size=32, verbose=0)
-m.save(r"{folder}/digits.keras")
-m.export(r"{folder}/saved", verbose=False)
-np.savez(r"{folder}/calib.npz", image=x[:200])
-np.savez(r"{folder}/eval.npz", image=x[1200:1500], labels=y[1200:1500])
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return {"keras": folder / "digits.keras", "savedmodel": folder / "saved",
-            "calib": folder / "calib.npz", "eval": folder / "eval.npz"}
-
-
 def _int8_io_profile(tmp_path: Path, io: str) -> Path:
     text = (ROOT / "targets" / "android-arm64.yaml").read_text()
     text = text.replace("name: android-arm64", f"name: mcu-{io}").replace(

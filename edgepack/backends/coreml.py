@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.errors import ConversionError, UsageError
 from edgepack.runners.base import Runner, run_samples
 from edgepack.signature import Signature, TensorSpec
@@ -36,7 +37,6 @@ DEFAULTS = {"minimum_deployment_target": "iOS16", "compute_units": "ALL",
             "int8_weights": "linear", "weight_threshold": 2048}
 INTERMEDIATE_TOLERANCES = {"cosine_min": 0.9999}  # onnx2torch model vs ONNX Runtime
 INTERMEDIATE_SAMPLES = 16
-TF_RANGE = ("2.1.0", "2.12.0")  # the TensorFlow versions coremltools 9.0 converts from
 
 
 @dataclass
@@ -102,7 +102,9 @@ def _program(job: Job) -> tuple[Any, dict[str, Any] | None]:
     if source.torch_model is not None:
         job.progress("tracing the torch model")
         program = torch_program(source.torch_model, source.signature)
-    elif source.onnx_path is not None:
+    elif source.onnx_path is not None or getattr(source, "tf_call", None) is not None:
+        # TensorFlow sources go through ONNX too (tf2onnx): coremltools 9.0's own
+        # TensorFlow frontend takes TensorFlow 2.1-2.12 only
         module, check = _onnx_module(job)
         job.progress("tracing the onnx2torch model")
         program = torch_program(module, source.signature)
@@ -114,7 +116,6 @@ def _program(job: Job) -> tuple[Any, dict[str, Any] | None]:
 
 def _onnx_module(job: Job) -> tuple[Any, dict[str, Any]]:
     from edgepack.backends.passes.onnx_to_torch import check_intermediate, onnx_to_torch
-    from edgepack.backends.shared import fp32_onnx
     from edgepack.data import seeded_inputs
 
     source = job.source
@@ -122,6 +123,8 @@ def _onnx_module(job: Job) -> tuple[Any, dict[str, Any]]:
     try:
         module = onnx_to_torch(fp32_onnx(job))
     except ConversionError:
+        if source.onnx_path is None:
+            raise
         module = onnx_to_torch(source.onnx_path)  # the cleaned graph may hold ops it lacks
     if job.calib is not None and job.calib_reference is not None:
         n = min(INTERMEDIATE_SAMPLES, job.calib.count)
@@ -143,17 +146,6 @@ def _onnx_module(job: Job) -> tuple[Any, dict[str, Any]]:
 
 
 def _no_route(fmt: str) -> Exception:
-    if fmt in ("keras", "savedmodel", "tensorflow", "tf.keras"):
-        try:
-            from importlib.metadata import version
-
-            tf = version("tensorflow")
-        except Exception:
-            tf = "none"
-        return ConversionError(
-            f"coremltools 9.0 converts Keras/SavedModel only with TensorFlow "
-            f"{TF_RANGE[0]}–{TF_RANGE[1]} (installed: {tf}); export the model to ONNX "
-            "(tf2onnx) and build from the .onnx file")
     return ConversionError(f"the coreml backend cannot convert {fmt} sources; "
                            "use a torch or ONNX model")
 
@@ -262,7 +254,8 @@ class CoreMLBackend:
         }
         return CoreMLArtifact(
             folder=job.workdir, files=["model.mlpackage"], signature=sig,
-            quantization=quantization, runtime_options=runtime_options, toolchain=TOOLCHAIN,
+            quantization=quantization, runtime_options=runtime_options,
+            toolchain=TOOLCHAIN + export_toolchain(job),
             proxy=proxy, proxy_name=proxy_name,
         )
 

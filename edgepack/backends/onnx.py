@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgepack.backends.base import Artifact, Job
-from edgepack.backends.shared import fp32_onnx
+from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.compare import compare
 from edgepack.errors import UsageError
 from edgepack.runners.base import Arrays, Runner
@@ -147,7 +147,7 @@ class OnnxBackend:
             signature=job.source.signature,
             quantization=quantization,
             runtime_options=options,
-            toolchain=TOOLCHAIN,
+            toolchain=TOOLCHAIN + export_toolchain(job),
         )
 
     def runner(self, artifact: Artifact) -> Runner:

@@ -27,6 +27,11 @@ def fp32_onnx(job: Job) -> Path:
     fixed = {t.name: list(t.concrete_shape()) for t in job.source.signature.inputs}
     if job.source.onnx_path is not None:
         raw = job.source.onnx_path
+    elif getattr(job.source, "tf_call", None) is not None:
+        from edgepack.backends.passes.tf_to_onnx import export_tf
+
+        job.progress("exporting tensorflow → onnx (tf2onnx)")
+        raw = export_tf(job.source, folder / "exported.onnx", opset=job.profile.opset)
     else:
         from edgepack.backends.passes.torch_to_onnx import export_torch
 
@@ -38,3 +43,12 @@ def fp32_onnx(job: Job) -> Path:
     (folder / ".complete").touch()
     job.cache[key] = path
     return path
+
+
+def export_toolchain(job: Job) -> list[str]:
+    """Packages that turned the source into the fp32 ONNX, beyond the backend's own."""
+    if getattr(job.source, "tf_call", None) is not None and job.source.onnx_path is None:
+        from edgepack.backends.passes.tf_to_onnx import TOOLCHAIN
+
+        return list(TOOLCHAIN)
+    return []

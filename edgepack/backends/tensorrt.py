@@ -34,7 +34,7 @@ from typing import Any
 
 from edgepack.backends.base import Artifact, Deferred, Job
 from edgepack.backends.onnx import calibration_judge, search_tolerances
-from edgepack.backends.shared import fp32_onnx
+from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.errors import ConversionError, UsageError
 from edgepack.runners.base import Runner, run_samples
 from edgepack.signature import Signature, TensorSpec
@@ -428,7 +428,7 @@ class TensorRTBackend:
             signature=_signature(job, out, info["fixed_shapes"]),
             quantization=quantization,
             runtime_options=options,
-            toolchain=TOOLCHAIN,
+            toolchain=TOOLCHAIN + export_toolchain(job),
         )
 
     def runner(self, artifact: Artifact) -> Runner:

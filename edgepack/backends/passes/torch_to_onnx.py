@@ -67,11 +67,17 @@ def export_torch(source: SourceModel, out_path: Path, opset: int = 17) -> Path:
                         f"torch -> ONNX export failed: {_reason(legacy_error, 150)} "
                         f"(dynamo exporter: {_reason(dynamo_error, 120)})"
                     ) from dynamo_error
+    return finish_export(proto, out_path, opset, source.location)
+
+
+def finish_export(proto: Any, out_path: Path, opset: int, location: str) -> Path:
+    """What every exporter's ONNX goes through (torch here, TensorFlow in tf_to_onnx):
+    metadata stripped, the asked opset checked, under 2 GB, valid, written atomically."""
     strip_metadata(proto)
     check_opset(proto, opset)
     if proto.ByteSize() > _TWO_GB:
         raise ConversionError(
-            f"{source.location}: the ONNX model is over 2 GB; single-file export supports "
+            f"{location}: the ONNX model is over 2 GB; single-file export supports "
             "models under 2 GB"
         )
     _check_model(proto)
