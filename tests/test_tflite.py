@@ -377,6 +377,64 @@ def test_savedmodel_source_with_uint8_io(keras_digits, tmp_path):
     assert run_cli("validate", tmp_path / "d").returncode == 0
 
 
+TWO_HEADS = """
+import os, sys, numpy as np
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+keras.utils.set_random_seed(0)
+x = keras.Input((16,), name="x")
+h = keras.layers.Dense(32, activation="relu")(x)
+# two heads of one shape, returned in a dict whose order is not the sorted one
+heads = {"zz_first": keras.layers.Dense(3, name="zz_first")(h),
+         "aa_second": keras.layers.Dense(3, name="aa_second")(h)}
+keras.Model(x, heads).save(sys.argv[1])
+keras.Model(x, [heads["zz_first"], heads["aa_second"]]).save(sys.argv[2])  # a list
+"""
+
+TRUTH = """
+import os, sys, numpy as np
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+m = keras.models.load_model(sys.argv[1], compile=False)
+out = m(np.load(sys.argv[2])["x"], training=False)
+np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+def test_keras_dict_outputs_keep_their_names(tmp_path):
+    """A Keras model returns a dict in insertion order while model.outputs is sorted by
+    key: outputs were paired by position, so 'aa_second' carried zz_first's values in
+    the reference and the .tflite alike (validation passed), and the ONNX route failed.
+    A list's outputs came out of the TFLite converter sorted by name. Checked against
+    Keras' own outputs by key, outside edgepack."""
+    import onnxruntime as ort
+
+    model, listed = tmp_path / "heads.keras", tmp_path / "listed.keras"
+    subprocess.run([sys.executable, "-c", TWO_HEADS, model, listed], check=True,
+                   capture_output=True)
+    for source in (model, listed):  # a list's outputs left the .tflite in sorted order
+        proc = run_cli("build", source, "--target", "onnx,tflite", "--precision", "fp32",
+                       "--out", tmp_path / "d", "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert {b["status"] for b in _summary(proc)["bundles"]} == {"passed"}
+    bundle = tmp_path / "d" / "heads-android-arm64-fp32"
+    truth = tmp_path / "truth.npz"
+    subprocess.run([sys.executable, "-c", TRUTH, model, bundle / "reference" / "inputs.npz",
+                    truth], check=True, capture_output=True)
+    truth = dict(np.load(truth))
+    golden = dict(np.load(bundle / "reference" / "outputs.npz"))
+    assert sorted(golden) == ["aa_second", "zz_first"]
+    for name in golden:  # the reference (what every artifact is judged by) is Keras' own
+        np.testing.assert_allclose(golden[name], truth[name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(truth["aa_second"], truth["zz_first"], atol=1e-3)
+    session = ort.InferenceSession(str(tmp_path / "d" / "heads-onnx-cpu-fp32" / "model.onnx"))
+    x = np.load(bundle / "reference" / "inputs.npz")["x"]
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {"x": x[:1]}), strict=True))
+    for name, value in got.items():
+        np.testing.assert_allclose(value, truth[name][:1], rtol=1e-4, atol=1e-5)
+
+
 @needs_onnx2tf
 def test_two_input_calibration_follows_the_model_input_order(tmp_path):
     """onnx2tf models list their inputs by name ("mask" before "x"); the calibrator

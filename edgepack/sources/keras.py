@@ -112,7 +112,13 @@ def load(spec: str, path: Path, inputs: list[TensorSpec],
     single = len(sig.inputs) == 1
 
     def call(*xs: Any) -> Any:
-        return model(xs[0] if single else list(xs), training=False)
+        out = model(xs[0] if single else list(xs), training=False)
+        if isinstance(out, dict):
+            # a dict comes back in the model's insertion order; model.outputs (and so
+            # the signature) is Keras' flattened order: sorted keys. Pair by key.
+            keys = names if set(names) == set(out) else sorted(out)
+            return [out[k] for k in keys]
+        return out
 
     return TFSourceModel(
         format="keras", location=spec, sha256=file_sha256(path), signature=sig,

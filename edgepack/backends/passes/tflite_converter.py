@@ -9,8 +9,10 @@ One ``tf.lite.TFLiteConverter`` recipe per precision:
                 I/O float (default) or int8/uint8 for MCUs and NPUs
 
 The function is traced with the artifact's static input shapes and names, and
-returns a dict keyed by the source's output names, so the .tflite signature
-carries the source's tensor names.
+returns its outputs as a tuple in the source's output order: TensorFlow flattens
+a returned dict by sorted key, which put the .tflite outputs (Identity,
+Identity_1, ...) in another order than the source's for outputs not named in
+sorted order.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
     specs = [tf.TensorSpec(tuple(int(d) for d in s.concrete_shape()), tf.as_dtype(s.dtype),
                            name=s.name) for s in inputs]
 
-    def wrapped(*args: Any) -> dict[str, Any]:
+    def wrapped(*args: Any) -> tuple[Any, ...]:
         out = call(*args)
         if isinstance(out, dict):
-            values = list(out.values())
+            if set(out) != set(output_names):
+                raise ConversionError(f"the TensorFlow model returns outputs {sorted(out)}, "
+                                      f"expected {list(output_names)}")
+            values = [out[n] for n in output_names]
         elif isinstance(out, (list, tuple)):
             values = list(out)
         else:
@@ -46,7 +51,7 @@ def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
         if len(values) != len(output_names):
             raise ConversionError(f"the TensorFlow model returns {len(values)} outputs, "
                                   f"expected {len(output_names)}")
-        return {n: tf.identity(v, name=n) for n, v in zip(output_names, values, strict=True)}
+        return tuple(tf.identity(v, name=n) for n, v in zip(output_names, values, strict=True))
 
     with quiet():
         return tf.function(wrapped, input_signature=specs).get_concrete_function()
