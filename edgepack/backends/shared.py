@@ -47,7 +47,7 @@ def fp32_onnx(job: Job) -> Path:
 
 def export_toolchain(job: Job) -> list[str]:
     """Packages that turned the source into the fp32 ONNX, beyond the backend's own."""
-    if getattr(job.source, "tf_call", None) is not None and job.source.onnx_path is None:
+    if getattr(job.source, "tf_call", None) is not None:
         from edgepack.backends.passes.tf_to_onnx import TOOLCHAIN
 
         return list(TOOLCHAIN)

@@ -12,6 +12,25 @@ from edgepack.errors import InputError
 Arrays = dict[str, np.ndarray]
 
 
+def outputs_in_order(out: Any, names: Sequence[str], error: type[Exception] = InputError
+                     ) -> list[Any]:
+    """A TensorFlow call's result (tensor, list or dict) as a list in ``names``' order.
+
+    A dict is taken by key, never by position: Keras returns it in insertion order and
+    tf.function flattens it by sorted key, and neither is the signature's order.
+    """
+    if isinstance(out, dict):
+        if set(out) != set(names):
+            raise error(f"the TensorFlow model returns outputs {sorted(out)}, "
+                        f"expected {list(names)}")
+        return [out[n] for n in names]
+    values = list(out) if isinstance(out, (list, tuple)) else [out]
+    if len(values) != len(names):
+        raise error(f"the TensorFlow model returns {len(values)} outputs, "
+                    f"expected {len(names)} ({', '.join(names)})")
+    return values
+
+
 class TensorFlowRunner:
     """Runs one batch through ``call(*tensors) -> tensor | list | dict`` (eager, CPU)."""
 
@@ -36,14 +55,5 @@ class TensorFlowRunner:
             if self.dtypes:
                 x = x.astype(self.dtypes[i], copy=False)
             args.append(tf.convert_to_tensor(x))
-        out = self.call(*args)
-        if isinstance(out, dict):
-            values = [out[k] for k in out]
-        elif isinstance(out, (list, tuple)):
-            values = list(out)
-        else:
-            values = [out]
-        if len(values) != len(self.output_names):
-            raise InputError(f"the model returns {len(values)} outputs but "
-                             f"{len(self.output_names)} output names were given")
+        values = outputs_in_order(self.call(*args), self.output_names)
         return {n: np.asarray(v) for n, v in zip(self.output_names, values, strict=True)}

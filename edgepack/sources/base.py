@@ -102,8 +102,9 @@ def origin(exc: BaseException) -> str:
 
 def one_line(exc: BaseException | str, limit: int = 200) -> str:
     """First non-empty line of an exception message, shortened: for one-line errors."""
-    if not isinstance(exc, str) and origin(exc):
-        return one_line(str(exc) or type(exc).__name__, limit) + origin(exc)
+    where = "" if isinstance(exc, str) else origin(exc)
+    if where:
+        return one_line(str(exc) or type(exc).__name__, limit) + where
     text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
     text = _ANSI.sub("", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

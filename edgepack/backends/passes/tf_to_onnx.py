@@ -37,7 +37,11 @@ def export_tf(source: SourceModel, out_path: Path, opset: int = 17) -> Path:
     sig = source.signature
     specs = [tf.TensorSpec([None if isinstance(d, str) else d for d in t.shape],
                            tf.as_dtype(t.dtype), name=t.name) for t in sig.inputs]
-    fn = tf.function(lambda *xs: call(*xs), input_signature=specs, autograph=False)
+    from edgepack.runners.tensorflow import outputs_in_order
+
+    names = list(sig.output_names)
+    fn = tf.function(lambda *xs: outputs_in_order(call(*xs), names, ConversionError),
+                     input_signature=specs, autograph=False)
     tail: list[str] = []
     try:
         with quiet(tail):

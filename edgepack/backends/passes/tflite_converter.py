@@ -37,20 +37,10 @@ def concrete_function(call: Callable[..., Any], inputs: Sequence[TensorSpec],
     specs = [tf.TensorSpec(tuple(int(d) for d in s.concrete_shape()), tf.as_dtype(s.dtype),
                            name=s.name) for s in inputs]
 
+    from edgepack.runners.tensorflow import outputs_in_order
+
     def wrapped(*args: Any) -> tuple[Any, ...]:
-        out = call(*args)
-        if isinstance(out, dict):
-            if set(out) != set(output_names):
-                raise ConversionError(f"the TensorFlow model returns outputs {sorted(out)}, "
-                                      f"expected {list(output_names)}")
-            values = [out[n] for n in output_names]
-        elif isinstance(out, (list, tuple)):
-            values = list(out)
-        else:
-            values = [out]
-        if len(values) != len(output_names):
-            raise ConversionError(f"the TensorFlow model returns {len(values)} outputs, "
-                                  f"expected {len(output_names)}")
+        values = outputs_in_order(call(*args), output_names, ConversionError)
         return tuple(tf.identity(v, name=n) for n, v in zip(output_names, values, strict=True))
 
     with quiet():
