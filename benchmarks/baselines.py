@@ -151,7 +151,7 @@ def build_all(spec: ModelSpec, out: Path, skip: set[str],
 
 def onnx2tf(out: Path, timeout: float = ONNX2TF_TIMEOUT_S) -> list[dict[str, Any]]:
     """The onnx2tf CLI with its defaults, in its own environment: fp32 and fp16 .tflite."""
-    from edgepack.backends import onnx2tf_env
+    from edgepack.convert import onnx2tf_env
 
     names = ("onnx2tf-fp32", "onnx2tf-fp16")
     py = onnx2tf_env.find_python()

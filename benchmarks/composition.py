@@ -42,10 +42,10 @@ def _onnx(path: Path) -> dict[str, int]:
 
 
 def _tflite(path: Path) -> dict[str, int]:
-    from edgepack.backends.passes.tflite_compact import load_model
-    from edgepack.backends.passes.tflite_inspect import _schema
+    from edgepack.convert.tflite_compact import load_model
+    from edgepack.convert.tflite_inspect import flatbuffer_schema
 
-    types = _schema().TensorType
+    types = flatbuffer_schema().TensorType
     kinds = {types.INT8: "int8", types.UINT8: "int8", types.FLOAT32: "float",
              types.FLOAT16: "float"}
     model = load_model(path)

@@ -113,7 +113,7 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
     """Convert MODEL for each target and precision, validate, and write bundles."""
     from edgepack.compare import parse_tolerance_option
     from edgepack.config import make_config
-    from edgepack.report import print_build
+    from edgepack.report.build_table import print_build
     from edgepack.signature import parse_input_option
 
     cfg = make_config(
@@ -171,7 +171,7 @@ def validate(paths, baseline, max_drop, max_size_growth, junit_path, markdown_pa
     is one line on stderr naming the bundle, the metric, old and new values.
     """
     from edgepack.errors import UsageError
-    from edgepack.gate import Limits, parse_max_drop, parse_size_growth
+    from edgepack.report.gate import Limits, parse_max_drop, parse_size_growth
 
     if baseline is None and (max_drop or max_size_growth):
         raise UsageError("--max-drop and --max-size-growth compare with a baseline: "
@@ -196,8 +196,8 @@ def validate(paths, baseline, max_drop, max_size_growth, junit_path, markdown_pa
 
 
 def _write_reports(verdicts, baseline, junit_path, markdown_path) -> None:
-    from edgepack.render.junit import junit_xml
-    from edgepack.render.markdown import summary_markdown
+    from edgepack.report.junit import junit_xml
+    from edgepack.report.markdown import summary_markdown
 
     if junit_path is not None:
         junit_path.write_text(junit_xml(verdicts))
@@ -223,7 +223,7 @@ def _write_reports(verdicts, baseline, junit_path, markdown_path) -> None:
 @click.option("--title", help="Page title of the HTML report.")
 def report(dist, results, html_path, host_runs, title) -> None:
     """Table and plots of a dist: size vs accuracy, host and device latency."""
-    from edgepack.render.terminal import report_table
+    from edgepack.report.terminal import report_table
 
     say, status = _progress(False)
     if say is not None:
@@ -239,7 +239,7 @@ def report(dist, results, html_path, host_runs, title) -> None:
     for note in data.notes:
         err.print(f"note: {note}", markup=False, soft_wrap=True)
     if html_path is not None:
-        from edgepack.render.html import render
+        from edgepack.report.html import render
 
         html_path.write_text(render(data, title), encoding="utf-8")
         err.print(f"wrote {html_path}", markup=False)
@@ -289,7 +289,7 @@ def targets() -> None:
               help="Archive path (default: BUNDLE.tar.gz beside it).")
 def pack(bundle, output) -> None:
     """Write a bundle as a reproducible .tar.gz."""
-    from edgepack.archive import pack as pack_bundle
+    from edgepack.bundle.archive import pack as pack_bundle
 
     path = pack_bundle(bundle, output or bundle.with_name(bundle.name + ".tar.gz"))
     click.echo(str(path))
@@ -299,7 +299,7 @@ def pack(bundle, output) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 def verify(path) -> None:
     """Check every file of a bundle, dist folder or archive against its manifest."""
-    from edgepack.archive import verify as verify_path
+    from edgepack.bundle.archive import verify as verify_path
 
     problems = verify_path(path)
     for line in problems:

@@ -41,7 +41,7 @@ def checks() -> list[tuple[str, bool, str]]:
 
 
 def _onnx2tf() -> tuple[str, bool, str]:
-    from edgepack.backends import onnx2tf_env
+    from edgepack.convert import onnx2tf_env
 
     python = onnx2tf_env.find_python()
     if python is None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgepack import archive, bundle
+from edgepack.bundle import archive
+from edgepack.bundle import folder as bundle
 from edgepack.errors import InputError
 
 

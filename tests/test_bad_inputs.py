@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import DIGITS, ROOT, run_cli
 
-from edgepack.bundle import partial_dir
+from edgepack.bundle.folder import partial_dir
 
 onnx = pytest.importorskip("onnx")
 

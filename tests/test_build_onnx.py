@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import DIGITS, run_cli
 
-from edgepack import manifest as mf
+from edgepack.bundle import manifest as mf
 
 PRECISIONS = ["fp32", "fp16", "int8-dynamic", "int8"]
 
@@ -152,15 +152,12 @@ def test_int8_manifest_records_the_fallback_honestly(digits_dist):
 def test_calibration_judge_nan_outputs_score_worst():
     """A candidate with NaN outputs (compare() reports cosine None) never passes and
     scores below every real candidate."""
-    from types import SimpleNamespace
-
     import numpy as np
 
-    from edgepack.backends.onnx import calibration_judge
+    from edgepack.quantize.judge import calibration_judge
 
     ref = {"a": np.ones((4, 3), np.float32), "b": np.ones((4, 2), np.float32)}
-    job = SimpleNamespace(calib_reference=ref, task="regression")
-    accept = calibration_judge(job, {"cosine_min": 0.9})
+    accept = calibration_judge(ref, {"cosine_min": 0.9}, task="regression")
     ok, score = accept({"a": ref["a"] * 2, "b": np.full((4, 2), np.nan, np.float32)})
     assert ok is False and score == float("-inf")
     ok, score = accept({"a": ref["a"] * 2, "b": ref["b"]})
@@ -308,17 +305,17 @@ def test_encoder_fp16_loads_and_matches(encoder_dist, tmp_path):
     arithmetic meeting fp16 constants)."""
     import numpy as np
 
-    from edgepack.backends.passes.onnx_fp16 import to_fp16
-    from edgepack.backends.passes.onnx_ort import OrtRunner
+    from edgepack.convert.onnx_fp16 import to_fp16
     from edgepack.runners.base import run_samples
+    from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
     out, proc = encoder_dist
     assert proc.returncode == 0, proc.stderr
     fp32 = _encoder(out, "fp32") / "model.onnx"
     half = to_fp16(fp32, tmp_path / "fp16.onnx")
     ev = {k: v[:40] for k, v in np.load(TEXT / "eval.npz").items()}
-    ref = run_samples(OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
-    got = run_samples(OrtRunner(half, quantized=False), ev, 1)["embedding"]
+    ref = run_samples(OnnxRuntimeRunner(fp32), ev, 1)["embedding"]
+    got = run_samples(OnnxRuntimeRunner(half), ev, 1)["embedding"]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() >= 0.999
     assert fp32.stat().st_size / half.stat().st_size >= 1.95
@@ -331,10 +328,11 @@ def test_encoder_static_int8_does_not_collapse(encoder_dist, tmp_path):
     with no search at all, already keeps the embeddings (calibration: 48 sentences)."""
     import numpy as np
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
-    from edgepack.backends.passes.onnx_ort import OrtRunner
+    from edgepack.quantize.onnx_session import int8_runner
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
     from edgepack.quantize.search import Budget
     from edgepack.runners.base import run_samples
+    from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
     out, proc = encoder_dist
     assert proc.returncode == 0, proc.stderr
@@ -345,8 +343,8 @@ def test_encoder_static_int8_does_not_collapse(encoder_dist, tmp_path):
     rec = quantize_static_int8(fp32, q, calib, 1, lambda o: (True, 1.0), Int8Options(
         method="minmax", bias_correction=False, budget=Budget(max_float_nodes=0)))
     assert rec["nodes_kept_float"] == []
-    ref = run_samples(OrtRunner(fp32, quantized=False), ev, 1)["embedding"]
-    got = run_samples(OrtRunner(q), ev, 1)["embedding"]
+    ref = run_samples(OnnxRuntimeRunner(fp32), ev, 1)["embedding"]
+    got = run_samples(int8_runner(q), ev, 1)["embedding"]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.mean() >= 0.985 and cos.min() >= 0.95, (cos.min(), cos.mean())
     assert fp32.stat().st_size / q.stat().st_size >= 3.5

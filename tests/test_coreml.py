@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import DIGITS, ROOT, run_cli
 
-from edgepack import manifest as mf
+from edgepack.bundle import manifest as mf
 
 ct = pytest.importorskip("coremltools")
 torch = pytest.importorskip("torch")
@@ -27,7 +27,7 @@ HALF_STEP_FP16 = 0.65 / 127  # int8 rounding (0.5 step) + fp16 scale and expansi
 
 
 def _spec_io(package: Path) -> tuple[list, list]:
-    from edgepack.backends.passes.coreml_convert import feature_type, load_spec
+    from edgepack.convert.torch_to_coreml import feature_type, load_spec
 
     spec = load_spec(package)
     return ([(f.name, *feature_type(f)) for f in spec.description.input],
@@ -273,7 +273,7 @@ def test_onnx_source_through_onnx2torch(tmp_path):
 
 
 def test_intermediate_check_catches_a_bad_model(tmp_path):
-    from edgepack.backends.passes.onnx_to_torch import check_intermediate, onnx_to_torch
+    from edgepack.convert.onnx_to_torch import check_intermediate, onnx_to_torch
     from edgepack.errors import ConversionError
     from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
@@ -309,9 +309,9 @@ def test_torch_export_source(tmp_path):
 def test_proxy_reproduces_folded_batchnorm_weights(tmp_path):
     """The conv's compressed weight is the batch-norm-folded one; the proxy carries the
     package's expanded weight back to the unfolded parameter, channel by channel."""
-    from edgepack.backends.passes import coreml_compress as cc
-    from edgepack.backends.passes import coreml_convert as cv
-    from edgepack.backends.passes.coreml_proxy import match_weights, weight_error
+    from edgepack.convert import torch_to_coreml as cv
+    from edgepack.quantize import coreml_compress as cc
+    from edgepack.runners.coreml_proxy import match_weights, weight_error
     from edgepack.signature import Signature, TensorSpec
 
     sig = Signature((TensorSpec("x", (1, 3, 8, 8)),), (TensorSpec("y", (1, 5)),))
@@ -335,7 +335,7 @@ def test_proxy_reproduces_folded_batchnorm_weights(tmp_path):
 
 
 def test_structural_check_rejects_a_wrong_signature(digits_coreml):
-    from edgepack.backends.passes.coreml_check import structural_check
+    from edgepack.convert.coreml_check import structural_check
     from edgepack.errors import ConversionError
     from edgepack.signature import Signature
 
@@ -401,7 +401,7 @@ def test_new_ones_converts():
     """Core ML cannot run here; the conversion itself failed before ('new_ones' not
     implemented, then 'bitwise_and only supports boolean input' while the fill ignored
     the dtype argument). Static shapes fold the fills into constants."""
-    from edgepack.backends.passes import coreml_convert as cv
+    from edgepack.convert import torch_to_coreml as cv
     from edgepack.signature import Signature, TensorSpec
 
     sig = Signature((TensorSpec("x", (2, 5, 3)), TensorSpec("mask", (2, 5), "int32")),

@@ -19,8 +19,8 @@ pytest.importorskip("onnxscript")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from edgepack.backends.passes.onnx_cleanup import cleanup_onnx  # noqa: E402
-from edgepack.backends.passes.torch_to_onnx import check_opset, export_torch  # noqa: E402
+from edgepack.convert.onnx_cleanup import cleanup_onnx  # noqa: E402
+from edgepack.convert.torch_to_onnx import check_opset, export_torch  # noqa: E402
 from edgepack.errors import ConversionError, UsageError  # noqa: E402
 from edgepack.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from edgepack.signature import Signature, TensorSpec, parse_input_option  # noqa: E402
@@ -134,7 +134,7 @@ def test_export_bytes_do_not_depend_on_the_process(sources: dict[str, SourceMode
     code = (
         "import sys; from edgepack.sources import load_source; "
         "from edgepack.signature import parse_input_option as p; "
-        "from edgepack.backends.passes.torch_to_onnx import export_torch; "
+        "from edgepack.convert.torch_to_onnx import export_torch; "
         "s = load_source(sys.argv[1], [p('input:2x3x8x8')], outputs=['logits']); "
         "export_torch(s, sys.argv[2])"
     )
@@ -291,7 +291,7 @@ def test_cleanup_folds_constants_and_drops_unused(tmp_path: Path) -> None:
 
 
 def test_cleanup_names_unnamed_nodes_by_op_and_index() -> None:
-    from edgepack.backends.passes.onnx_cleanup import name_nodes
+    from edgepack.convert.onnx_cleanup import name_nodes
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="k"),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import DIGITS, run_cli
 
-from edgepack import gate
-from edgepack import manifest as mf
+from edgepack.bundle import manifest as mf
 from edgepack.errors import UsageError
+from edgepack.report import gate
 
 FP32 = ["--target", "onnx", "--precision", "fp32"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from conftest import DIGITS, ROOT, run_cli
 
-from edgepack import manifest as mf
+from edgepack.bundle import manifest as mf
 
 PLUGINS = Path(__file__).parent / "plugins"
 

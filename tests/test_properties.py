@@ -21,10 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgepack import bundle as bd
-from edgepack import gate
-from edgepack import manifest as mf
 from edgepack.backends import check_profile
+from edgepack.bundle import folder as bd
+from edgepack.bundle import manifest as mf
 from edgepack.compare import check_tolerance_keys, parse_tolerance_option
 from edgepack.config import load_config_file, make_config
 from edgepack.data import load_npz
@@ -37,6 +36,7 @@ from edgepack.profiles import (
     profiles_dir,
     resolve_targets,
 )
+from edgepack.report import gate
 from edgepack.signature import DTYPES, LAYOUTS, Signature, TensorSpec, parse_input_option
 
 # Modest and deterministic: the suite runs on loaded CI machines, and a failure must

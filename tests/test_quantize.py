@@ -208,15 +208,15 @@ def _accept(ref, top1: float = 0.95):
 
 
 def _run(path, feeds):
-    from edgepack.backends.passes.onnx_ort import OrtRunner
+    from edgepack.quantize.onnx_session import int8_runner
 
-    return OrtRunner(Path(path)).run(feeds)["logits"]
+    return int8_runner(Path(path)).run(feeds)["logits"]
 
 
 def test_static_int8_digits_accuracy_record_and_determinism(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     msgs: list[str] = []
     paths, recs = [], []
@@ -261,7 +261,7 @@ def test_static_int8_digits_accuracy_record_and_determinism(digits, tmp_path):
 def test_excluded_nodes_stay_float(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     never = lambda outs: (False, _accept(digits["ref_calib"])(outs)[1])  # noqa: E731
     first = quantize_static_int8(
@@ -302,7 +302,7 @@ def test_symmetric_s8s8_has_zero_points_zero(digits, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     rec = quantize_static_int8(
         digits["onnx"], tmp_path / "s.onnx", digits["calib"], 8, _accept(digits["ref_calib"]),
@@ -318,7 +318,7 @@ def test_symmetric_s8s8_has_zero_points_zero(digits, tmp_path):
 def test_unnamed_nodes_get_deterministic_names(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     m = onnx.load(str(digits["onnx"]))
     for n in m.graph.node:
@@ -339,7 +339,7 @@ def test_unnamed_nodes_get_deterministic_names(digits, tmp_path):
 def test_dynamic_int8_digits(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_dynamic_int8 import quantize_dynamic_int8
+    from edgepack.quantize.onnx_dynamic import quantize_dynamic_int8
 
     p = tmp_path / "dyn.onnx"
     rec = quantize_dynamic_int8(digits["onnx"], p)
@@ -357,10 +357,10 @@ def test_dynamic_fallback_runs_kept_out_gemm_as_matmul_integer(digits, tmp_path,
     import onnx
     import onnxruntime as ort
 
-    from edgepack.backends.onnx import compact_artifact
-    from edgepack.backends.passes import onnx_int8
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
-    from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
+    from edgepack.convert.onnx_cleanup import compact_file
+    from edgepack.quantize import onnx_static as onnx_int8
+    from edgepack.quantize.onnx_session import SESSION_DISABLED_OPTIMIZERS
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     # the search's candidates: the classifier Gemm only; "never passes" keeps it out
     # whenever keeping it out scores higher than all-int8 (its int8 logits)
@@ -389,7 +389,7 @@ def test_dynamic_fallback_runs_kept_out_gemm_as_matmul_integer(digits, tmp_path,
     sizes = {}
     for fb, p in paths.items():
         kept = [n["name"] for k in ("nodes_kept_float", "nodes_dynamic") for n in recs[fb][k]]
-        compact_artifact(p, kept, drop_zero_points=True)
+        compact_file(p, kept, drop_zero_points=True)
         sizes[fb] = p.stat().st_size
     assert sizes["dynamic"] < 0.9 * sizes["float"], sizes  # 5120 int8 weights, not float
 
@@ -551,7 +551,7 @@ def test_static_int8_quantizes_only_what_the_search_covers(masked, tmp_path):
     because a searched layer reads or produces it), and the embedding table is int8."""
     import onnx
 
-    from edgepack.backends.passes.onnx_int8 import (
+    from edgepack.quantize.onnx_static import (
         COMPUTE_OPS,
         SAME_SCALE_OPS,
         Int8Options,
@@ -590,23 +590,23 @@ def test_static_int8_quantizes_only_what_the_search_covers(masked, tmp_path):
 def test_fp16_keeps_mask_arithmetic_in_float(masked, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_fp16 import integer_derived_nodes, to_fp16
-    from edgepack.backends.passes.onnx_ort import OrtRunner
+    from edgepack.convert.onnx_fp16 import integer_derived_nodes, to_fp16
     from edgepack.runners.base import run_samples
+    from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
     blocked = integer_derived_nodes(onnx.load(str(masked["onnx"])))
     ops = {n.name: n.op_type for n in onnx.load(str(masked["onnx"])).graph.node}
     assert [ops[n] for n in blocked][:1] == ["Cast"] and "Clip" in {ops[n] for n in blocked}
     half = to_fp16(masked["onnx"], tmp_path / "half.onnx")  # ORT refused it before
-    out = run_samples(OrtRunner(half, quantized=False), masked["calib"], 1)["out"]
+    out = run_samples(OnnxRuntimeRunner(half), masked["calib"], 1)["out"]
     assert _cos(out, masked["ref"]).min() > 0.999
 
 
 def test_compact_onnx_keeps_numerics_and_io(digits, tmp_path):
     import onnx
 
-    from edgepack.backends.passes.onnx_cleanup import compact_onnx
-    from edgepack.backends.passes.onnx_int8 import Int8Options, quantize_static_int8
+    from edgepack.convert.onnx_cleanup import compact_onnx
+    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
 
     p = tmp_path / "q.onnx"
     quantize_static_int8(digits["onnx"], p, digits["calib"], 8, _accept(digits["ref_calib"]),

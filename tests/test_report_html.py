@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgepack.render import svg
+from edgepack.report import svg
 
 PRECISIONS = ["fp32", "fp16", "int8-dynamic", "int8"]
 
@@ -117,9 +117,9 @@ def _hex(colour: str) -> tuple[int, int, int]:
 
 
 def test_targets_sharing_an_artifact_share_a_point():
-    from edgepack.gate import Record
-    from edgepack.render.html import render
-    from edgepack.report_data import Report, Row
+    from edgepack.report.collect import Report, Row
+    from edgepack.report.gate import Record
+    from edgepack.report.html import render
 
     m = {"logits": {"task_accuracy": 99.5, "reference_task_accuracy": 99.7,
                     "top1_agreement": 1.0, "cosine_min": 0.9999}}

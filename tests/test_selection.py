@@ -1,4 +1,4 @@
-"""--precision auto: which candidates get built and which one is kept (edgepack.selection),
+"""--precision auto: which candidates get built and which one is kept (edgepack.builder.selection),
 then end to end on the trained digits CNN for the onnx and tflite targets."""
 
 from __future__ import annotations
@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from conftest import DIGITS, run_cli
 
-from edgepack import manifest as mf
-from edgepack.selection import Candidate, choose, contenders, not_worth_building, paired, race
+from edgepack.builder.selection import (
+    Candidate,
+    choose,
+    contenders,
+    not_worth_building,
+    paired,
+    race,
+)
+from edgepack.bundle import manifest as mf
 
 
 def _c(precision: str, nbytes: int | None, status: str = "passed",

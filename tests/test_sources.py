@@ -393,7 +393,7 @@ def test_keras_and_savedmodel_sources_build_for_the_onnx_based_targets(keras_dig
 
     from conftest import run_cli
 
-    from edgepack import manifest as mf
+    from edgepack.bundle import manifest as mf
 
     out = tmp_path / "d"
     proc = run_cli("build", keras_digits["keras"], "--target", "onnx,jetson,coreml",

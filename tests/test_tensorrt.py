@@ -24,13 +24,13 @@ import yaml
 from conftest import DIGITS, ROOT, run_cli
 from onnx import numpy_helper
 
-from edgepack import manifest as mf
-from edgepack.backends.passes.trt_qdq import (
+from edgepack.bundle import manifest as mf
+from edgepack.profiles import builtin_profiles, resolve_targets
+from edgepack.quantize.tensorrt_qdq import (
     check_tensorrt_qdq,
     float_weighted_nodes,
     weight_axis,
 )
-from edgepack.profiles import builtin_profiles, resolve_targets
 
 PRECISIONS = ["fp32", "fp16", "int8"]
 JETSONS = {"jetson-orin-nano": "10.3", "jetson-orin-nx": "10.3", "jetson-agx-orin": "10.3",
@@ -566,7 +566,7 @@ def test_float_weights_stored_fp16_for_the_engines_fp16_layers(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from edgepack.backends.passes.onnx_fp16 import store_weights_fp16
+    from edgepack.convert.onnx_fp16 import store_weights_fp16
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(300, 16)).astype(np.float32)

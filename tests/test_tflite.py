@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import DIGITS, ROOT, run_cli
 
-from edgepack import manifest as mf
+from edgepack.bundle import manifest as mf
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -77,7 +77,7 @@ def test_torch_route_every_precision_passes(torch_dist):
 def test_artifacts_are_compacted(torch_dist):
     """Internal tensor names are short at every precision; I/O names stay; the int8
     model is >= 3.2x smaller than fp32 (2.99x before: litert-torch's trace-path names)."""
-    from edgepack.backends.passes.tflite_inspect import _schema
+    from edgepack.convert.tflite_inspect import flatbuffer_schema
 
     out, summary = torch_dist
     sizes = {}
@@ -87,7 +87,7 @@ def test_artifacts_are_compacted(torch_dist):
         data = (bundle / "model.tflite").read_bytes()
         assert comp["bytes_after"] == len(data) < comp["bytes_before"]
         assert comp["names_shortened"] >= 10
-        model = _schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
+        model = flatbuffer_schema().ModelT.InitFromPackedBuf(bytearray(data), 0)
         sg = model.subgraphs[0]
         io = set(sg.inputs) | set(sg.outputs)
         names = [t.name.decode() for i, t in enumerate(sg.tensors) if i not in io]
@@ -95,7 +95,7 @@ def test_artifacts_are_compacted(torch_dist):
         assert {sg.tensors[i].name.decode() for i in io} == {
             "serving_default_args_0", "serving_default_output_0_output"}
         assert all(b.offset == 0 for b in model.buffers)
-        raw = _schema().Model.GetRootAs(data, 0)
+        raw = flatbuffer_schema().Model.GetRootAs(data, 0)
         for i in range(raw.BuffersLength()):  # constants stay 16-byte aligned in the file
             table = raw.Buffers(i)._tab
             field = table.Offset(4)
@@ -476,8 +476,8 @@ def test_erf_gelu_becomes_the_gelu_builtin(tmp_path):
     """BERT-style x*0.5*(1+Erf(x/sqrt2)) through onnx2tf is TFLite's exact GELU, not a
     pseudo-Erf of ABS/EXP and a sign DIV (that DIV made int8 MiniLM refuse to run)."""
     torch = pytest.importorskip("torch")
-    from edgepack.backends.passes.tflite_compact import load_model
-    from edgepack.backends.passes.tflite_inspect import _schema
+    from edgepack.convert.tflite_compact import load_model
+    from edgepack.convert.tflite_inspect import flatbuffer_schema
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(),
@@ -494,7 +494,7 @@ def test_erf_gelu_becomes_the_gelu_builtin(tmp_path):
     bundle = _summary(proc)["bundles"][0]
     assert bundle["status"] == "passed"
     assert next(iter(bundle["metrics"].values()))["cosine_min"] >= 0.99999
-    schema = _schema()
+    schema = flatbuffer_schema()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     tfl = load_model(tmp_path / "d" / "gelu-android-arm64-fp32" / "model.tflite")
     ops = {names[max(c.builtinCode, c.deprecatedBuiltinCode)] for c in tfl.operatorCodes}
@@ -509,8 +509,8 @@ def test_erf_gelu_becomes_the_gelu_builtin(tmp_path):
 
 
 def test_name_map_and_shape_matching():
-    from edgepack.backends.passes.tflite_layout import match_shape
     from edgepack.backends.tflite import name_map
+    from edgepack.convert.tflite_layout import match_shape
     from edgepack.signature import TensorSpec
 
     assert name_map(["a", "b"], ["args_1", "args_0"]) == {"a": "args_0", "b": "args_1"}
@@ -540,8 +540,8 @@ def test_no_mixed_model_keeps_the_full_integer_one(tmp_path):
     full integer misses the search target, it stays (validation judges it), the
     reason is recorded, and nothing is left beside it."""
     tf = pytest.importorskip("tensorflow")
-    from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
     from edgepack.quantize.search import Budget
+    from edgepack.quantize.tflite_mixed import full_integer_or_mixed
 
     fn = tf.function(lambda x: x * 2.0 + 1.0,
                      input_signature=[tf.TensorSpec((1, 8), tf.float32, name="x")])

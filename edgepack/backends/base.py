@@ -63,6 +63,11 @@ class Job:
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the jobs of one build
     progress: Callable[[str], None] = lambda _msg: None
 
+    @property
+    def int8_settings(self) -> dict[str, Any]:
+        """The int8 settings of this unit: the profile's, overridden by the build's."""
+        return {**self.profile.int8, **self.int8}
+
 
 class Backend(Protocol):
     name: str

@@ -58,12 +58,12 @@ def options(profile: Any, precision: str) -> dict[str, Any]:
     build process before any work, so a bad option is a usage error (exit 2), not a
     failed conversion.
     """
-    from edgepack.backends.passes.coreml_compress import WEIGHT_MODES
-    from edgepack.backends.passes.coreml_convert import (
+    from edgepack.convert.torch_to_coreml import (
         COMPRESSION_MIN,
         COMPUTE_UNITS,
         DEPLOYMENT_TARGETS,
     )
+    from edgepack.quantize.coreml_compress import WEIGHT_MODES
 
     where = f"profile {profile.name}: options"
     given = dict(profile.options)
@@ -95,7 +95,7 @@ def _program(job: Job) -> tuple[Any, dict[str, Any] | None]:
     key = "coreml:program"
     if key in job.cache:
         return job.cache[key]
-    from edgepack.backends.passes.coreml_convert import torch_program
+    from edgepack.convert.torch_to_coreml import torch_program
 
     source = job.source
     check = None
@@ -115,7 +115,7 @@ def _program(job: Job) -> tuple[Any, dict[str, Any] | None]:
 
 
 def _onnx_module(job: Job) -> tuple[Any, dict[str, Any]]:
-    from edgepack.backends.passes.onnx_to_torch import check_intermediate, onnx_to_torch
+    from edgepack.convert.onnx_to_torch import check_intermediate, onnx_to_torch
     from edgepack.data import seeded_inputs
 
     source = job.source
@@ -152,8 +152,8 @@ def _no_route(fmt: str) -> Exception:
 
 def _artifact_signature(program: Any, source_sig: Signature) -> Signature:
     """Static shapes, Core ML dtypes, the source's names; output shapes from one run."""
-    from edgepack.backends.passes.coreml_convert import artifact_dtype, example_inputs
-    from edgepack.backends.passes.coreml_proxy import torch_runner
+    from edgepack.convert.torch_to_coreml import artifact_dtype, example_inputs
+    from edgepack.runners.coreml_proxy import torch_runner
 
     ins = tuple(TensorSpec(s.name, s.concrete_shape(), artifact_dtype(s.dtype), s.layout)
                 for s in source_sig.inputs)
@@ -169,7 +169,7 @@ def _artifact_signature(program: Any, source_sig: Signature) -> Signature:
 
 def _convert(job: Job, program: Any, precision: str, target: str) -> Any:
     """ML Program at "float32" | "float16" compute; torch.export falls back to tracing."""
-    from edgepack.backends.passes.coreml_convert import convert, torch_program
+    from edgepack.convert.torch_to_coreml import convert, torch_program
 
     key = f"coreml:model:{precision}:{target}"
     if key in job.cache:
@@ -200,13 +200,10 @@ class CoreMLBackend:
         options(profile, precision)
 
     def build(self, job: Job) -> Artifact:
-        from edgepack.backends.passes.coreml_check import structural_check
-        from edgepack.backends.passes.coreml_convert import (
-            feature_names,
-            import_coremltools,
-            save_deterministic,
-        )
-        from edgepack.backends.passes.coreml_proxy import fp16_weight_error, make_proxy
+        from edgepack.convert.coreml_check import structural_check
+        from edgepack.convert.torch_to_coreml import feature_names, save_deterministic
+        from edgepack.frameworks import import_coremltools
+        from edgepack.runners.coreml_proxy import fp16_weight_error, make_proxy
 
         self.check(job.profile, job.precision)
         opts = options(job.profile, job.precision)
@@ -224,7 +221,7 @@ class CoreMLBackend:
             model = _convert(job, program, "float16", target)
             checks["weight_error"] = {"storage": "float16", **fp16_weight_error(program.module)}
         if job.precision == "int8":
-            from edgepack.backends.passes.coreml_compress import compress
+            from edgepack.quantize.coreml_compress import compress
 
             job.progress(f"compressing weights ({opts['int8_weights']})")
             uncompressed = model
@@ -262,9 +259,9 @@ class CoreMLBackend:
     @staticmethod
     def _weight_record(job: Job, program: Any, uncompressed: Any, path: Any,
                        record: dict[str, Any]) -> tuple[dict[str, Any], list]:
-        from edgepack.backends.passes.coreml_compress import compressed_tensors, float_consts
-        from edgepack.backends.passes.coreml_compress import program_of as mil_program
-        from edgepack.backends.passes.coreml_proxy import match_weights, weight_error
+        from edgepack.quantize.coreml_compress import compressed_tensors, float_consts
+        from edgepack.quantize.coreml_compress import program_of as mil_program
+        from edgepack.runners.coreml_proxy import match_weights, weight_error
 
         job.progress("reading the compressed weights back")
         tensors = compressed_tensors(uncompressed, path)
@@ -300,7 +297,7 @@ class CoreMLBackend:
                 f"({p['reproduced']}/{p['of']} tensors), {how}")
 
     def runner(self, artifact: Artifact) -> Runner:
-        from edgepack.backends.passes.coreml_convert import can_predict
+        from edgepack.convert.torch_to_coreml import can_predict
 
         if can_predict():
             from edgepack.runners.coreml import CoreMLRunner

@@ -16,7 +16,7 @@ def fp32_onnx(job: Job) -> Path:
     key = f"fp32_onnx:opset{job.profile.opset}"
     if key in job.cache:
         return job.cache[key]
-    from edgepack.backends.passes.onnx_cleanup import cleanup_onnx
+    from edgepack.convert.onnx_cleanup import cleanup_onnx
 
     folder = job.cache.setdefault("root", job.workdir.parent) / f"fp32-opset{job.profile.opset}"
     done = folder / "model.onnx"
@@ -28,12 +28,12 @@ def fp32_onnx(job: Job) -> Path:
     if job.source.onnx_path is not None:
         raw = job.source.onnx_path
     elif getattr(job.source, "tf_call", None) is not None:
-        from edgepack.backends.passes.tf_to_onnx import export_tf
+        from edgepack.convert.tf_to_onnx import export_tf
 
         job.progress("exporting tensorflow → onnx (tf2onnx)")
         raw = export_tf(job.source, folder / "exported.onnx", opset=job.profile.opset)
     else:
-        from edgepack.backends.passes.torch_to_onnx import export_torch
+        from edgepack.convert.torch_to_onnx import export_torch
 
         job.progress("exporting torch → onnx")
         raw = export_torch(job.source, folder / "exported.onnx", opset=job.profile.opset)
@@ -48,7 +48,7 @@ def fp32_onnx(job: Job) -> Path:
 def export_toolchain(job: Job) -> list[str]:
     """Packages that turned the source into the fp32 ONNX, beyond the backend's own."""
     if getattr(job.source, "tf_call", None) is not None:
-        from edgepack.backends.passes.tf_to_onnx import TOOLCHAIN
+        from edgepack.convert.tf_to_onnx import TOOLCHAIN
 
         return list(TOOLCHAIN)
     return []

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.backends.base import Artifact, Deferred, Job
-from edgepack.backends.onnx import calibration_judge, search_tolerances
 from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.errors import ConversionError, UsageError
+from edgepack.quantize.judge import calibration_judge, search_tolerances
 from edgepack.runners.base import Runner, run_samples
 from edgepack.signature import Signature, TensorSpec
 
@@ -215,7 +215,7 @@ def _trt_graph(job: Job, s: Settings) -> tuple[Path, dict[str, Any]]:
     """The TensorRT-ready fp32 graph, built once per build for equal settings."""
     import onnx
 
-    from edgepack.backends.passes.trt_onnx import input_dims, prepare_tensorrt_onnx
+    from edgepack.convert.onnx_for_tensorrt import input_dims, prepare_tensorrt_onnx
 
     base = fp32_onnx(job)
     model_inputs = input_dims(onnx.load(str(base), load_external_data=False))
@@ -257,10 +257,10 @@ def _signature(job: Job, model_path: Path, fixed: dict[str, list[int]]) -> Signa
 
 
 def _int8_options(job: Job):
-    from edgepack.backends.passes.onnx_int8 import Int8Options
+    from edgepack.quantize.onnx_static import Int8Options
     from edgepack.quantize.search import Budget
 
-    settings = {**job.profile.int8, **job.int8}
+    settings = job.int8_settings
     if settings.get("format", INT8_FORMAT) != INT8_FORMAT:
         raise UsageError(f"profile {job.profile.name}: TensorRT takes symmetric int8 only: "
                          f"int8.format must be {INT8_FORMAT}")
@@ -285,7 +285,7 @@ class _Placement:
         self.reports: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def __call__(self, model: Any, excluded: list[str]) -> None:
-        from edgepack.backends.passes.trt_qdq import tensorrt_placement
+        from edgepack.quantize.tensorrt_qdq import tensorrt_placement
 
         self.reports[tuple(sorted(excluded))] = tensorrt_placement(model, excluded)
 
@@ -294,11 +294,11 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     """Static symmetric int8 through the search, then TensorRT's Q/DQ placement."""
     import onnx
 
-    from edgepack.backends.passes.onnx_cleanup import compact_onnx
-    from edgepack.backends.passes.onnx_int8 import quantize_static_int8
-    from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
-    from edgepack.backends.passes.trt_onnx import graph_opset, ir_version_for
-    from edgepack.backends.passes.trt_qdq import (
+    from edgepack.convert.onnx_cleanup import compact_onnx
+    from edgepack.convert.onnx_for_tensorrt import graph_opset, ir_version_for
+    from edgepack.quantize.onnx_session import SESSION_DISABLED_OPTIMIZERS
+    from edgepack.quantize.onnx_static import quantize_static_int8
+    from edgepack.quantize.tensorrt_qdq import (
         check_tensorrt_qdq,
         float_weighted_nodes,
         qdq_summary,
@@ -320,7 +320,7 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         return json.loads(json.dumps(record))
     batch = job.source.signature.batch
     target = search_tolerances(job.tolerances)  # aim past the tolerance, as the onnx target
-    accept = calibration_judge(job, target)
+    accept = calibration_judge(job.calib_reference, target, job.task)
     with tempfile.TemporaryDirectory(prefix="edgepack-trt-int8-") as tmp:
         raw = Path(tmp) / "qdq.onnx"
         record = quantize_static_int8(base, raw, job.calib.inputs, batch, accept, opts,
@@ -343,7 +343,7 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     if s.int8_float_fallback == "fp16":
         # the engine runs the float layers in fp16 (--fp16): their weights and the
         # embedding tables are rounded to fp16 on the device either way
-        from edgepack.backends.passes.onnx_fp16 import store_weights_fp16
+        from edgepack.convert.onnx_fp16 import store_weights_fp16
 
         record["float_weights_fp16"] = store_weights_fp16(model)
     # zero points stay explicit (TensorRT 8.5 needs all three DQ inputs); identical ones merge
@@ -395,12 +395,12 @@ class TensorRTBackend:
         if job.precision == "int8":
             quantization = _quantize(job, graph, out, s)
         else:  # compacted as the int8 graph is, so sizes compare weights, not bookkeeping
-            from edgepack.backends.onnx import compact_artifact
+            from edgepack.convert.onnx_cleanup import compact_file
 
             shutil.copyfile(graph, out)
-            compact_artifact(out, [], drop_zero_points=False)
+            compact_file(out, [], drop_zero_points=False)
         render_build_script(job.workdir / BUILD_SCRIPT, job.profile.name, s, job.precision)
-        from edgepack.backends.passes.onnx_ort import SESSION_DISABLED_OPTIMIZERS
+        from edgepack.quantize.onnx_session import SESSION_DISABLED_OPTIMIZERS
 
         options = {
             "precision": job.precision,
@@ -439,8 +439,12 @@ class TensorRTBackend:
         if host is not None:
             return self._real_runner(artifact, *host)
         precision = opts.get("precision")
-        proxy = ProxyRunner(artifact.main, fp16=precision == "fp16",
-                            disabled_optimizers=tuple(opts.get("disabled_optimizers", ())))
+        numerics = None
+        if precision == "fp16":
+            from edgepack.convert.onnx_fp16 import to_fp16 as numerics
+        proxy = ProxyRunner(artifact.main,
+                            disabled_optimizers=tuple(opts.get("disabled_optimizers", ())),
+                            numerics=numerics)
         name = {
             "fp16": "onnxruntime-cpu on the shipped ONNX converted to fp16 (weights and "
                     "activations rounded to fp16 as in TensorRT's fp16 layers)",

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.backends.base import Artifact, Job
-from edgepack.backends.passes.tflite_layout import (
+from edgepack.convert.tflite_layout import (
     Mapped,
     Perms,
     channel_last,
@@ -111,7 +111,7 @@ def _calib_feeds(job: Job, perms: Perms, limit: int) -> list[Arrays]:
 
 
 def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], list[Mapped], Any]:
-    from edgepack.backends.passes import tflite_litert_torch as lt
+    from edgepack.convert import torch_to_tflite as lt
 
     sig = job.source.signature
     ins = [channel_last(s) if is_channel_first_image(s) else Mapped(s, None) for s in sig.inputs]
@@ -127,8 +127,12 @@ def _torch_route(job: Job, out: Any, calib_limit: int) -> tuple[list[Mapped], li
     calib = _calib_feeds(job, perms, calib_limit) if job.precision == "int8" else None
     search = _search_settings(job, [m.spec.name for m in outs]) if calib else None
     job.progress(f"litert-torch → tflite ({job.precision})")
-    record = lt.convert(job.cache[key], [m.spec for m in ins], out, job.precision, calib,
-                        search=search)
+    if job.precision == "int8":
+        from edgepack.quantize.tflite_pt2e import convert_int8
+
+        record = convert_int8(job.cache[key], [m.spec for m in ins], out, calib, search=search)
+    else:
+        record = lt.convert(job.cache[key], [m.spec for m in ins], out, job.precision)
     return ins, outs, record
 
 
@@ -136,10 +140,10 @@ def _search_settings(job: Job, output_names: list[str]) -> dict[str, Any]:
     """The int8 accuracy search's settings: the onnx backend's stricter calibration
     targets and the build's int8 budget (edgepack.yaml / profile ``int8``)."""
 
-    from edgepack.backends.onnx import search_tolerances
+    from edgepack.quantize.judge import search_tolerances
     from edgepack.quantize.search import Budget
 
-    settings = {**job.profile.int8, **job.int8}
+    settings = job.int8_settings
     budget = Budget.from_settings(settings)
     return {"output_names": output_names, "tolerances": search_tolerances(job.tolerances),
             "task": job.task, "budget": budget, "progress": job.progress}
@@ -154,7 +158,7 @@ def _tf_function(job: Job, opts: dict[str, Any]
     key = "tflite:tf-function"
     if key in job.cache:
         return job.cache[key]
-    from edgepack.backends.passes import tflite_converter as tc
+    from edgepack.convert import tf_to_tflite as tc
 
     sig = job.source.signature
     tools: dict[str, str] = {}
@@ -163,9 +167,14 @@ def _tf_function(job: Job, opts: dict[str, Any]
         ins = [Mapped(s, None) for s in sig.inputs]
         outs = [Mapped(s, None) for s in sig.outputs]
     else:
-        from edgepack.backends.passes.tflite_onnx2tf import onnx2tf_savedmodel
+        from edgepack.backends.shared import fp32_onnx
+        from edgepack.convert import onnx2tf_env
+        from edgepack.convert.onnx_to_tflite import onnx2tf_savedmodel
 
-        ins, outs, call, tools = onnx2tf_savedmodel(job, keep_shape=opts["onnx2tf_keep_shape"])
+        onnx2tf_env.require_python()  # fail before exporting when the environment is missing
+        ins, outs, call, tools = onnx2tf_savedmodel(
+            sig, fp32_onnx(job), job.cache["root"] / "onnx2tf", job.progress,
+            keep_shape=opts["onnx2tf_keep_shape"])
     fn = tc.concrete_function(call, [m.spec for m in ins], [m.spec.name for m in outs])
     job.cache[key] = (fn, ins, outs, tools, getattr(call, "keepalive", None))
     return job.cache[key]
@@ -173,7 +182,7 @@ def _tf_function(job: Job, opts: dict[str, Any]
 
 def _converter_route(job: Job, out: Any, opts: dict[str, Any]
                      ) -> tuple[list[Mapped], list[Mapped], Any, dict]:
-    from edgepack.backends.passes import tflite_converter as tc
+    from edgepack.convert import tf_to_tflite as tc
 
     fn, ins, outs, tools, owner = _tf_function(job, opts)
     perms = {m.spec.name: m.perm for m in ins if m.perm}
@@ -210,8 +219,8 @@ def _full_integer_or_mixed(job: Job, out: Any, record: dict[str, Any], float_pat
     targets (``tflite_mixed_int8``); returns the record of what ``out`` holds."""
     import numpy as np
 
-    from edgepack.backends.passes import tflite_inspect
-    from edgepack.backends.passes.tflite_mixed_int8 import full_integer_or_mixed
+    from edgepack.convert import tflite_inspect
+    from edgepack.quantize.tflite_mixed import full_integer_or_mixed
 
     # every candidate has the float model's signature: map the names once
     details = tflite_inspect.io_details(float_path)
@@ -234,11 +243,11 @@ def _calibration_evaluator(job: Job, ins: list[Mapped], outs: list[Mapped], coun
     candidate that aborts LiteRT scores worst."""
     from pathlib import Path
 
-    from edgepack.backends.onnx import calibration_judge, search_tolerances
+    from edgepack.quantize.judge import calibration_judge, search_tolerances
     from edgepack.runners.base import run_samples
     from edgepack.runners.litert import LayoutMappedRunner, LiteRTRunner
 
-    judge = calibration_judge(job, search_tolerances(job.tolerances))
+    judge = calibration_judge(job.calib_reference, search_tolerances(job.tolerances), job.task)
     samples = {k: v[:count] for k, v in job.calib.inputs.items()}  # type: ignore[union-attr]
     perms_in = {m.spec.name: m.perm for m in ins if m.perm}
     perms_out = {m.spec.name: m.perm for m in outs if m.perm}
@@ -322,8 +331,8 @@ class TFLiteBackend:
         options(profile)
 
     def build(self, job: Job) -> Artifact:
-        from edgepack.backends.passes import tflite_inspect
-        from edgepack.backends.passes.tflite_compact import compact_tflite
+        from edgepack.convert import tflite_inspect
+        from edgepack.convert.tflite_compact import compact_tflite
 
         opts = options(job.profile)
         route = route_for(job, opts)

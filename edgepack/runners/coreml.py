@@ -27,8 +27,8 @@ class CoreMLRunner:
                  feature_names: Mapping[str, str] | None = None) -> None:
         if sys.platform != "darwin":
             raise UsageError("Core ML runs only on macOS/iOS")
-        from edgepack.backends.passes.coreml_convert import import_coremltools
-        from edgepack.sources.base import one_line
+        from edgepack.errors import one_line
+        from edgepack.frameworks import import_coremltools
 
         ct = import_coremltools()
         self.path = package_root(Path(path))
@@ -42,7 +42,7 @@ class CoreMLRunner:
         self.compute_units = compute_units
 
     def run(self, feeds: Arrays) -> Arrays:
-        from edgepack.sources.base import one_line
+        from edgepack.errors import one_line
 
         missing = [s.name for s in self.signature.inputs if s.name not in feeds]
         if missing:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ConversionError, InputError, ValidationFailed
-from edgepack.runners.litert_worker import _HEADER, pack_arrays, unpack_arrays
+from edgepack.runners.litert_worker import HEADER, pack_arrays, unpack_arrays
 
 Arrays = dict[str, np.ndarray]
 
@@ -134,8 +134,8 @@ class LiteRTRunner:
     def _receive(self, when: str) -> tuple[bytes, bytes]:
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
-        head = self._read(fd, _HEADER.size, when)
-        kind, size = _HEADER.unpack(head)
+        head = self._read(fd, HEADER.size, when)
+        kind, size = HEADER.unpack(head)
         return kind, self._read(fd, size, when)
 
     def _read(self, fd: int, n: int, when: str) -> bytes:
@@ -177,7 +177,7 @@ class LiteRTRunner:
         assert self._proc is not None and self._proc.stdin is not None
         try:
             payload = pack_arrays(model_feeds)
-            self._proc.stdin.write(_HEADER.pack(b"N", len(payload)))
+            self._proc.stdin.write(HEADER.pack(b"N", len(payload)))
             self._proc.stdin.write(payload)
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):

@@ -23,21 +23,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-_HEADER = struct.Struct(">cQ")
+HEADER = struct.Struct(">cQ")
 
 
 def write_frame(stream: BinaryIO, kind: bytes, payload: bytes) -> None:
-    stream.write(_HEADER.pack(kind, len(payload)))
+    stream.write(HEADER.pack(kind, len(payload)))
     stream.write(payload)
     stream.flush()
 
 
 def read_frame(stream: BinaryIO) -> tuple[bytes, bytes] | None:
     """(kind, payload), or None at end of stream (the other side closed or died)."""
-    head = _read_exact(stream, _HEADER.size)
+    head = _read_exact(stream, HEADER.size)
     if head is None:
         return None
-    kind, size = _HEADER.unpack(head)
+    kind, size = HEADER.unpack(head)
     payload = _read_exact(stream, size)
     if payload is None:
         return None

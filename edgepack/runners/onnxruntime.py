@@ -30,20 +30,27 @@ class OnnxRuntimeRunner:
 
     ``disabled_optimizers`` goes to the session (e.g. ``WeightBiasQuantization``,
     which otherwise re-quantizes float layers kept out of int8; see TOOLCHAIN.md).
+    ``model`` is a file, or a serialized model (the int8 search scores candidates it
+    never writes to disk).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, disabled_optimizers: Sequence[str] = (),
+    def __init__(self, model: str | Path | bytes, disabled_optimizers: Sequence[str] = (),
                  threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise MissingExtraError("onnxruntime", "onnx", "needed to run ONNX models") from e
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no such file: {path}")
+        if isinstance(model, bytes):
+            source: str | bytes = model
+            self.label = "the model"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise InputError(f"no such file: {path}")
+            source, self.label = str(path), path.name
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or DEFAULT_THREADS
         opts.inter_op_num_threads = 1
@@ -52,11 +59,10 @@ class OnnxRuntimeRunner:
         opts.log_severity_level = 3  # errors only: runners never print
         kwargs = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
+            self.session = ort.InferenceSession(source, sess_options=opts,
                                                 providers=list(providers), **kwargs)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ConversionError(f"onnxruntime cannot load {path.name}: {_short(e)}") from e
-        self.path = path
+            raise ConversionError(f"onnxruntime cannot load {self.label}: {_short(e)}") from e
         self.disabled_optimizers = tuple(disabled_optimizers)
         self._inputs = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
         self._shapes = {i.name: i.shape for i in self.session.get_inputs()}
@@ -75,7 +81,7 @@ class OnnxRuntimeRunner:
         try:
             values = self.session.run(self.output_names, ort_feeds)
         except Exception as e:
-            raise ConversionError(f"onnxruntime failed to run {self.path.name}: {_short(e)}") from e
+            raise ConversionError(f"onnxruntime failed to run {self.label}: {_short(e)}") from e
         return dict(zip(self.output_names, (np.asarray(v) for v in values), strict=True))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,26 @@ HARNESS = Path(__file__).resolve().parent.parent / "harness" / "bench_tensorrt.p
 
 
 class ProxyRunner:
-    """ONNX Runtime on the shipped ONNX (fp16: an fp16 copy), session made on first use."""
+    """ONNX Runtime on the shipped ONNX, session made on first use.
 
-    def __init__(self, path: Path, fp16: bool, disabled_optimizers: tuple[str, ...]) -> None:
-        self.path, self.fp16, self.disabled = Path(path), fp16, disabled_optimizers
+    ``numerics(src, dst) -> dst`` first writes a copy with the engine's numerics (fp16
+    engines: an fp16 copy); the backend hands it in, runners convert nothing themselves.
+    """
+
+    def __init__(self, path: Path, disabled_optimizers: tuple[str, ...],
+                 numerics: Callable[[Path, Path], Path] | None = None) -> None:
+        self.path, self.disabled, self.numerics = Path(path), disabled_optimizers, numerics
         self.name = "onnxruntime-proxy"
         self._runner: Any = None
 
     def _load(self) -> Any:
         from edgepack.runners.onnxruntime import OnnxRuntimeRunner
 
-        if not self.fp16:
+        if self.numerics is None:
             return OnnxRuntimeRunner(self.path, disabled_optimizers=self.disabled)
-        from edgepack.backends.passes.onnx_fp16 import to_fp16
-
-        with tempfile.TemporaryDirectory(prefix="edgepack-trt-fp16-") as tmp:
-            half = to_fp16(self.path, Path(tmp) / "model.fp16.onnx")
-            return OnnxRuntimeRunner(half)  # the session holds the model; the file can go
+        with tempfile.TemporaryDirectory(prefix="edgepack-trt-proxy-") as tmp:
+            copy = self.numerics(self.path, Path(tmp) / "model.proxy.onnx")
+            return OnnxRuntimeRunner(copy)  # the session holds the model; the file can go
 
     def run(self, feeds: Arrays) -> Arrays:
         if self._runner is None:

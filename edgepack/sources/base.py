@@ -7,13 +7,12 @@ A loader module defines ``load(spec, path, inputs, outputs) -> SourceModel``;
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError, InputError, MissingExtraError, UsageError
+from edgepack.errors import EdgepackError, InputError, UsageError, one_line
 from edgepack.runners.base import Runner
 from edgepack.signature import Signature, TensorSpec
 
@@ -76,47 +75,6 @@ class LoaderEntry:
         return path.suffix.lower() in self.suffixes
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_TORCHSCRIPT_TRACEBACK = "The following operation failed in the TorchScript interpreter"
-_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
-
-
-#: Exceptions whose message alone does not say what went wrong (a bug inside a tool or
-#: the user's code, e.g. "list index out of range"): the one-line reason also names
-#: the type and the innermost frame, which is what a search or bug report needs.
-_BARE = (AssertionError, AttributeError, IndexError, KeyError, NotImplementedError,
-         TypeError, UnboundLocalError, ZeroDivisionError)
-
-
-def origin(exc: BaseException) -> str:
-    """' (IndexError in pkg/module.py:609 function)' for a bare exception, else ''."""
-    import traceback
-
-    if not isinstance(exc, _BARE) or exc.__traceback__ is None:
-        return ""
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
-    path = frame.filename.replace("\\", "/")
-    path = path.split("site-packages/")[-1] if "site-packages/" in path else Path(path).name
-    return f" ({type(exc).__name__} in {path}:{frame.lineno} {frame.name})"
-
-
-def one_line(exc: BaseException | str, limit: int = 200) -> str:
-    """First non-empty line of an exception message, shortened: for one-line errors."""
-    where = "" if isinstance(exc, str) else origin(exc)
-    if where:
-        return one_line(str(exc) or type(exc).__name__, limit) + where
-    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
-    text = _ANSI.sub("", text)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if lines and lines[0].startswith(_TORCHSCRIPT_TRACEBACK):
-        # The reason is the last line ("RuntimeError: ..."), after the script traceback.
-        errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
-        if errors:
-            lines = [_ERROR_LINE.sub("", errors[-1])]
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def file_sha256(path: Path, extra: Iterable[Path] = ()) -> str:
     """sha256 of a file's bytes; files in ``extra`` (external data) add name + bytes."""
     h = hashlib.sha256()
@@ -170,14 +128,6 @@ def safe_name(text: str) -> str:
     """A short model name usable in folder names."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._-")
     return cleaned or "model"
-
-
-def import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise MissingExtraError("torch", "torch", "needed to load PyTorch models") from e
-    return torch
 
 
 NEED_INPUTS = ("torch sources need their input shapes: --input NAME:SHAPE[:DTYPE], "

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import InputError, UsageError
+from edgepack.errors import InputError, UsageError, one_line
 from edgepack.signature import Signature, TensorSpec
-from edgepack.sources.base import SourceModel, check_zip, file_sha256, one_line, safe_name
+from edgepack.sources.base import SourceModel, check_zip, file_sha256, safe_name
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _check_format(spec: str, path: Path) -> None:
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
-    from edgepack.backends.passes.tflite_common import import_tensorflow, quiet
+    from edgepack.frameworks import import_tensorflow, quiet
 
     _check_format(spec, path)
     import_tensorflow()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import InputError, MissingExtraError, UsageError
+from edgepack.errors import InputError, MissingExtraError, UsageError, one_line
 from edgepack.signature import Signature, TensorSpec
-from edgepack.sources.base import SourceModel, file_sha256, guess_layout, one_line, safe_name
+from edgepack.sources.base import SourceModel, file_sha256, guess_layout, safe_name
 
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],

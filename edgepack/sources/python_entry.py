@@ -20,16 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgepack.errors import EdgepackError, InputError, MissingExtraError, UsageError
+from edgepack.errors import EdgepackError, InputError, MissingExtraError, UsageError, one_line
+from edgepack.frameworks import import_torch
 from edgepack.signature import TensorSpec
-from edgepack.sources.base import (
-    SourceModel,
-    check_file,
-    import_torch,
-    one_line,
-    safe_name,
-    torch_signature,
-)
+from edgepack.sources.base import SourceModel, check_file, safe_name, torch_signature
 
 # Factory names that say nothing about the model: fall back to the file/module name.
 _GENERIC = {"build", "create", "make", "load", "get", "factory", "main", "model", "net",

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import InputError
+from edgepack.errors import InputError, one_line
 from edgepack.signature import TensorSpec
-from edgepack.sources.base import SourceModel, file_sha256, one_line, safe_name
+from edgepack.sources.base import SourceModel, file_sha256, safe_name
 from edgepack.sources.keras import TFSourceModel, signature_of, spec_from_tf, tf_runner_factory
 
 SIGNATURE = "serving_default"
@@ -19,7 +19,7 @@ SIGNATURE = "serving_default"
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],
          outputs: list[str] | None) -> SourceModel:
-    from edgepack.backends.passes.tflite_common import import_tensorflow, quiet
+    from edgepack.frameworks import import_tensorflow, quiet
 
     tf = import_tensorflow()
     try:

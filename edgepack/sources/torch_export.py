@@ -8,15 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import EdgepackError, InputError, UsageError
+from edgepack.errors import EdgepackError, InputError, UsageError, one_line
+from edgepack.frameworks import import_torch
 from edgepack.signature import Signature, TensorSpec
 from edgepack.sources.base import (
     SourceModel,
     check_zip,
     file_sha256,
     guess_layout,
-    import_torch,
-    one_line,
     safe_name,
     torch_signature,
 )

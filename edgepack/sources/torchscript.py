@@ -5,17 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgepack.errors import InputError
+from edgepack.errors import InputError, one_line
+from edgepack.frameworks import import_torch
 from edgepack.signature import TensorSpec
-from edgepack.sources.base import (
-    SourceModel,
-    check_zip,
-    file_sha256,
-    import_torch,
-    one_line,
-    safe_name,
-    torch_signature,
-)
+from edgepack.sources.base import SourceModel, check_zip, file_sha256, safe_name, torch_signature
 
 
 def load(spec: str, path: Path, inputs: list[TensorSpec],

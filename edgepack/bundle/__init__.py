@@ -1,0 +1,1 @@
+"""Bundles on disk: the atomic writer, the folder rules, the manifest, archives."""

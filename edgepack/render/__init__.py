@@ -1,1 +1,0 @@
-"""Renderings of validate and report results: JUnit XML, markdown, terminal, HTML."""
