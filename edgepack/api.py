@@ -21,7 +21,7 @@ from edgepack.builder.summary import SUMMARY, BuildSummary, BundleResult
 from edgepack.bundle import folder as bd
 from edgepack.bundle import manifest as mf
 from edgepack.compare import compare
-from edgepack.errors import EdgepackError, InputError
+from edgepack.errors import EdgepackError, InputError, Status
 from edgepack.report import collect as report_data
 from edgepack.report import gate as gate_rules
 from edgepack.runners.base import run_samples
@@ -56,11 +56,12 @@ def check_bundle(folder: Path) -> BundleCheck:
     manifest = mf.read(folder)
     problems = bd.verify(folder)
     if problems:
-        return BundleCheck(folder, "failed", [f"{folder.name}: {p}" for p in problems])
+        return BundleCheck(folder, Status.FAILED, [f"{folder.name}: {p}" for p in problems])
     recorded = manifest["validation"]
-    if recorded["status"] == "failed":
+    if recorded["status"] == Status.FAILED:
         why = recorded.get("reason") or "; ".join(recorded.get("failures", []))
-        return BundleCheck(folder, "failed", [f"{folder.name}: build validation failed: {why}"])
+        return BundleCheck(folder, Status.FAILED,
+                           [f"{folder.name}: build validation failed: {why}"])
     backend = get_backend(manifest["target"]["backend"])
     artifact = _host_artifact(folder, manifest)
     tolerances = manifest["harness"].get("golden", {}).get("tolerances", {})
@@ -71,11 +72,11 @@ def check_bundle(folder: Path) -> BundleCheck:
     try:
         runner = backend.runner(artifact)
     except Deferred as d:
-        return BundleCheck(folder, "deferred", [f"{folder.name}: deferred: {d}"])
+        return BundleCheck(folder, Status.DEFERRED, [f"{folder.name}: deferred: {d}"])
     try:
         candidate = run_samples(runner, inputs, manifest["harness"].get("batch", 1))
     except EdgepackError as e:
-        return BundleCheck(folder, "failed", [f"{folder.name}: {e}"])
+        return BundleCheck(folder, Status.FAILED, [f"{folder.name}: {e}"])
     result = compare(reference, candidate, tolerances)
     lines = [f"{folder.name}: {f}" for f in result.failures]
     return BundleCheck(folder, result.status, lines, result.metrics)
@@ -149,7 +150,7 @@ def gate(paths: list[Path], baseline: Path | None = None,
             if not (p / mf.MANIFEST).is_file() and (p / SUMMARY).is_file():
                 failed = gate_rules.load_records(p).values()
                 new += [(r, r.status, [f"{r.name}: {r.reason or 'failed'}"])
-                        for r in failed if r.folder is None and r.status == "failed"]
+                        for r in failed if r.folder is None and r.status == Status.FAILED]
     return gate_rules.judge(new, old, limits)
 
 

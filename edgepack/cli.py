@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgepack import __version__, api
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, Status
 
 err = Console(stderr=True, highlight=False)
 # Piped output (CI logs) gets a fixed 120 columns instead of rich's 80.
@@ -137,7 +137,7 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
     else:
         print_build(data, stdout)
         for b in summary.bundles:
-            if b.status == "failed":
+            if b.status == Status.FAILED:
                 err.print(f"[bold red]FAILED[/] {b.name}: {b.reason}", soft_wrap=True)
     sys.exit(summary.exit_code)
 
@@ -185,14 +185,15 @@ def validate(paths, baseline, max_drop, max_size_growth, junit_path, markdown_pa
                                for n, v in zip(label, verdicts, strict=True)], indent=2))
     else:
         for n, v in zip(label, verdicts, strict=True):
-            mark = {"passed": "ok", "deferred": "deferred", "failed": "FAILED"}[v.status]
+            mark = {Status.PASSED: "ok", Status.DEFERRED: "deferred",
+                    Status.FAILED: "FAILED"}[v.status]
             click.echo(f"{mark:8} {n}" + (" (missing)" if v.new is None else ""))
     for v in verdicts:
         for line in v.lines:
-            if v.status == "failed":
+            if v.status == Status.FAILED:
                 click.echo(line, err=True)
     _write_reports(verdicts, baseline, junit_path, markdown_path)
-    sys.exit(1 if any(v.status == "failed" for v in verdicts) else 0)
+    sys.exit(1 if any(v.status == Status.FAILED for v in verdicts) else 0)
 
 
 def _write_reports(verdicts, baseline, junit_path, markdown_path) -> None:

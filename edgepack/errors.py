@@ -63,6 +63,10 @@ class Status(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    # equal to its plain string (manifests read back from JSON hold plain strings), so
+    # it must hash like one too: dicts keyed either way find each other
+    __hash__ = str.__hash__
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _TORCHSCRIPT_TRACEBACK = "The following operation failed in the TorchScript interpreter"

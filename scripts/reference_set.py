@@ -6,6 +6,7 @@ after it, then compare the digests: every artifact file and every manifest (less
 
     python scripts/reference_set.py build OUT [--only digits,mobilenet_fashion]
     python scripts/reference_set.py compare OUT_BEFORE/digests.json OUT_AFTER/digests.json
+        [--ignore-harness]
 
 ``build`` writes OUT/<model>/<bundle>/ and OUT/digests.json; its exit code is 0 even
 when a bundle fails validation (a failed bundle is part of the reference too).
@@ -35,6 +36,8 @@ SETS: list[tuple[str, str, list[str]]] = [
 EFFNET = ("efficientnet", ["--target", "onnx,tflite,coreml,jetson", "--precision", "int8",
                            "--task", "classification"])
 VOLATILE = ("edgepack_version", "toolchain")
+MANIFEST_NO_HARNESS = "manifest.json (harness entries left out)"
+HARNESS_FILES = "harness files"
 
 
 def effnet_set(out: Path) -> tuple[str, list[str]]:
@@ -49,8 +52,14 @@ def effnet_set(out: Path) -> tuple[str, list[str]]:
     return str(files["onnx"]), ["--calib", str(files["calib"]), "--eval", str(files["eval"])]
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def digest_bundle(folder: Path) -> dict[str, str]:
-    """sha256 of every file of one bundle; the manifest less its volatile keys."""
+    """sha256 of every file of one bundle; the manifest less its volatile keys, and once
+    more without its harness entries (``MANIFEST_NO_HARNESS``: for a change that edits
+    the harness on purpose, compared with ``--ignore-harness``)."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = str(path.relative_to(folder))
@@ -60,7 +69,12 @@ def digest_bundle(folder: Path) -> dict[str, str]:
             for key in VOLATILE:
                 manifest.pop(key, None)
             data = json.dumps(manifest, sort_keys=True).encode()
-        out[rel] = hashlib.sha256(data).hexdigest()
+            harness = [a["path"] for a in manifest["artifacts"] if a.get("role") == "harness"]
+            manifest["artifacts"] = [a for a in manifest["artifacts"]
+                                     if a.get("role") != "harness"]
+            out[MANIFEST_NO_HARNESS] = _sha(json.dumps(manifest, sort_keys=True).encode())
+            out[HARNESS_FILES] = ",".join(sorted(harness))
+        out[rel] = _sha(data)
     return out
 
 
@@ -89,7 +103,7 @@ def build(out: Path, only: set[str] | None) -> int:
     return 0
 
 
-def compare(before: Path, after: Path, ignore: list[str]) -> int:
+def compare(before: Path, after: Path, ignore: list[str], ignore_harness: bool = False) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     differ = 0
     for key in sorted(set(a) | set(b)):
@@ -98,15 +112,21 @@ def compare(before: Path, after: Path, ignore: list[str]) -> int:
             print(f"{key}: only in {'after' if fa is None else 'before'}")
             differ += 1
             continue
+        harness = set(fa.get(HARNESS_FILES, "").split(",")) | set(
+            fb.get(HARNESS_FILES, "").split(","))
+        skip = set(ignore) | (harness | {"manifest.json", HARNESS_FILES} if ignore_harness
+                              else {MANIFEST_NO_HARNESS})
         for rel in sorted(set(fa) | set(fb)):
-            if any(rel == i or rel.startswith(i + "/") for i in ignore):
+            if any(rel == i or rel.startswith(i + "/") for i in skip):
                 continue
             if fa.get(rel) != fb.get(rel):
                 print(f"{key}/{rel}: differs")
                 differ += 1
     total = len(set(a) | set(b))
+    left_out = ignore + (["the harness files and their manifest entries"] if ignore_harness
+                         else [])
     print(f"{total} bundles compared, {differ} difference(s)"
-          + (f" (ignored: {', '.join(ignore)})" if ignore else ""))
+          + (f" (left out: {', '.join(left_out)})" if left_out else ""))
     return 1 if differ else 0
 
 
@@ -120,11 +140,14 @@ def main() -> int:
     c.add_argument("before", type=Path)
     c.add_argument("after", type=Path)
     c.add_argument("--ignore", action="append", default=[],
-                   help="a bundle file to leave out, e.g. bench.py (say why in the commit)")
+                   help="a bundle file to leave out (say why in the commit)")
+    c.add_argument("--ignore-harness", action="store_true",
+                   help="leave out the harness files and their manifest entries: for a "
+                        "change to the harness itself (say why in the commit)")
     args = parser.parse_args()
     if args.cmd == "build":
         return build(args.out, set(filter(None, args.only.split(","))) or None)
-    return compare(args.before, args.after, args.ignore)
+    return compare(args.before, args.after, args.ignore, args.ignore_harness)
 
 
 if __name__ == "__main__":

@@ -328,8 +328,9 @@ def test_encoder_static_int8_does_not_collapse(encoder_dist, tmp_path):
     with no search at all, already keeps the embeddings (calibration: 48 sentences)."""
     import numpy as np
 
+    from edgepack.quantize.onnx_qdq import Int8Options
     from edgepack.quantize.onnx_session import int8_runner
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import quantize_static_int8
     from edgepack.quantize.search import Budget
     from edgepack.runners.base import run_samples
     from edgepack.runners.onnxruntime import OnnxRuntimeRunner

@@ -216,7 +216,8 @@ def _run(path, feeds):
 def test_static_int8_digits_accuracy_record_and_determinism(digits, tmp_path):
     import onnx
 
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_qdq import Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     msgs: list[str] = []
     paths, recs = [], []
@@ -261,7 +262,8 @@ def test_static_int8_digits_accuracy_record_and_determinism(digits, tmp_path):
 def test_excluded_nodes_stay_float(digits, tmp_path):
     import onnx
 
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_qdq import Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     never = lambda outs: (False, _accept(digits["ref_calib"])(outs)[1])  # noqa: E731
     first = quantize_static_int8(
@@ -302,7 +304,8 @@ def test_symmetric_s8s8_has_zero_points_zero(digits, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_qdq import Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     rec = quantize_static_int8(
         digits["onnx"], tmp_path / "s.onnx", digits["calib"], 8, _accept(digits["ref_calib"]),
@@ -318,7 +321,8 @@ def test_symmetric_s8s8_has_zero_points_zero(digits, tmp_path):
 def test_unnamed_nodes_get_deterministic_names(digits, tmp_path):
     import onnx
 
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_qdq import Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     m = onnx.load(str(digits["onnx"]))
     for n in m.graph.node:
@@ -358,9 +362,10 @@ def test_dynamic_fallback_runs_kept_out_gemm_as_matmul_integer(digits, tmp_path,
     import onnxruntime as ort
 
     from edgepack.convert.onnx_cleanup import compact_file
-    from edgepack.quantize import onnx_static as onnx_int8
+    from edgepack.quantize import onnx_static as onnx_int8  # the search's compute_nodes
+    from edgepack.quantize.onnx_qdq import Int8Options
     from edgepack.quantize.onnx_session import SESSION_DISABLED_OPTIMIZERS
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     # the search's candidates: the classifier Gemm only; "never passes" keeps it out
     # whenever keeping it out scores higher than all-int8 (its int8 logits)
@@ -551,12 +556,8 @@ def test_static_int8_quantizes_only_what_the_search_covers(masked, tmp_path):
     because a searched layer reads or produces it), and the embedding table is int8."""
     import onnx
 
-    from edgepack.quantize.onnx_static import (
-        COMPUTE_OPS,
-        SAME_SCALE_OPS,
-        Int8Options,
-        quantize_static_int8,
-    )
+    from edgepack.quantize.onnx_qdq import COMPUTE_OPS, SAME_SCALE_OPS, Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     never = lambda outs: (False, _cos(outs["out"], masked["ref"]).mean())  # noqa: E731
     rec = quantize_static_int8(
@@ -606,7 +607,8 @@ def test_compact_onnx_keeps_numerics_and_io(digits, tmp_path):
     import onnx
 
     from edgepack.convert.onnx_cleanup import compact_onnx
-    from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+    from edgepack.quantize.onnx_qdq import Int8Options
+    from edgepack.quantize.onnx_static import quantize_static_int8
 
     p = tmp_path / "q.onnx"
     quantize_static_int8(digits["onnx"], p, digits["calib"], 8, _accept(digits["ref_calib"]),

@@ -36,9 +36,11 @@ def get_backend(name: str) -> Backend:
         if e.name == module_name:
             raise UsageError(f"backend {name!r} is not part of this edgepack version") from None
         raise
-    if not hasattr(module, "BACKEND"):
-        raise UsageError(f"backend module {module_name} defines no BACKEND")
-    return module.BACKEND
+    backend = getattr(module, "BACKEND", None)
+    if not isinstance(backend, Backend):
+        raise UsageError(f"backend module {module_name} defines no BACKEND, an instance of "
+                         "edgepack.backends.base.Backend")
+    return backend
 
 
 def backend_names() -> list[str]:
@@ -46,11 +48,7 @@ def backend_names() -> list[str]:
 
 
 def check_profile(profile: Any, precision: str) -> None:
-    """Usage errors in a profile's options or precision, raised before any work starts.
-
-    Calls the backend's optional ``check(profile, precision)`` hook, so a bad option is
-    a usage error (exit 2) rather than a failed conversion.
-    """
-    check = getattr(get_backend(profile.backend), "check", None)
-    if check is not None:
-        check(profile, precision)
+    """Usage errors in a profile's options or precision, raised before any work starts
+    (the backend's ``check``): a bad option is a usage error (exit 2), not a failed
+    conversion."""
+    get_backend(profile.backend).check(profile, precision)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from edgepack.backends.options import Option, read_options
 from edgepack.data import SampleSet
+from edgepack.errors import UsageError
 from edgepack.profiles import Profile
 from edgepack.runners.base import Arrays, Runner
 from edgepack.signature import Signature
@@ -69,21 +71,37 @@ class Job:
         return {**self.profile.int8, **self.int8}
 
 
-class Backend(Protocol):
+class Backend:
+    """What every backend is: a recipe per precision (``build``), the runner that
+    validates its artifact on this host (``runner``), and its device harness.
+
+    Subclasses set the class attributes and implement ``build`` and ``runner``; the
+    hooks below have defaults a backend overrides only when it needs to.
+    """
+
     name: str
     runtime: str
     harness: str  # file in edgepack/harness/, copied into bundles as bench.py
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8-dynamic", "int8")
+    options: tuple[Option, ...] = ()  # the profile ``options:`` keys it takes
 
-    def build(self, job: Job) -> Artifact: ...
+    def build(self, job: Job) -> Artifact:
+        raise NotImplementedError
 
     def runner(self, artifact: Artifact) -> Runner:
         """A host runner for the artifact, or raise Deferred(reason)."""
-        ...
+        raise NotImplementedError
 
+    def check(self, profile: Profile, precision: str) -> dict[str, Any]:
+        """The profile's options for ``precision``, checked, with defaults: a UsageError
+        for a bad option or an unsupported precision, before any work starts."""
+        if precision not in self.precisions:
+            raise UsageError(f"the {self.name} backend does not build {precision!r}; it "
+                             f"builds {', '.join(self.precisions)}; pick one of those or "
+                             "another target")
+        return read_options(profile, self.options, self.name)
 
-# Optional hooks a backend may define (looked up with getattr):
-#   check(profile, precision) -> None
-#       raise UsageError for bad profile options or an unsupported precision before any
-#       work starts (edgepack.backends.check_profile, called by api.build per bundle).
-#   golden_io(artifact, inputs, outputs) -> (inputs, outputs)
-#       golden arrays (source layout) -> the artifact's own layout/dtypes.
+    def golden_io(self, artifact: Artifact, inputs: Arrays, outputs: Arrays
+                  ) -> tuple[Arrays, Arrays]:
+        """Golden arrays (source layout) -> the artifact's own layout and dtypes."""
+        return inputs, outputs

@@ -22,19 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.backends.base import Artifact, Backend, Deferred, Job
+from edgepack.backends.options import Option
 from edgepack.backends.shared import export_toolchain, fp32_onnx
+from edgepack.convert.torch_to_coreml import COMPRESSION_MIN, COMPUTE_UNITS, DEPLOYMENT_TARGETS
 from edgepack.errors import ConversionError, UsageError
+from edgepack.quantize.coreml_compress import WEIGHT_MODES
 from edgepack.runners.base import Runner, run_samples
 from edgepack.signature import Signature, TensorSpec
 
 TOOLCHAIN = ["torch", "coremltools", "onnx2torch", "onnx", "onnxruntime"]
 DEFERRED_REASON = ("Core ML runs only on macOS/iOS; bench.py checks the golden outputs "
                    "on the device")
-PRECISIONS = ("fp32", "fp16", "int8")
-OPTION_KEYS = {"minimum_deployment_target", "compute_units", "int8_weights", "weight_threshold"}
-DEFAULTS = {"minimum_deployment_target": "iOS16", "compute_units": "ALL",
-            "int8_weights": "linear", "weight_threshold": 2048}
+PRECISIONS = ("fp32", "fp16", "int8")  # int8 = weight-only compression
+OPTIONS = (
+    Option("minimum_deployment_target", DEPLOYMENT_TARGETS, "iOS16",
+           "the oldest OS the package runs on (ML Program needs iOS15/macOS12+; "
+           "compressed weights iOS16/macOS13+)"),
+    Option("compute_units", COMPUTE_UNITS, "ALL", "where Core ML may run the model"),
+    Option("int8_weights", WEIGHT_MODES, "linear",
+           "int8 weight compression: linear (int8) or k-means palettization"),
+    Option("weight_threshold", int, 2048,
+           "weights with at most this many elements stay fp16", minimum=0),
+)
 INTERMEDIATE_TOLERANCES = {"cosine_min": 0.9999}  # onnx2torch model vs ONNX Runtime
 INTERMEDIATE_SAMPLES = 16
 
@@ -49,45 +59,6 @@ class CoreMLArtifact(Artifact):
     def __getstate__(self) -> dict[str, Any]:
         # Artifacts cross process boundaries (the build's worker); the proxy stays behind.
         return {**self.__dict__, "proxy": None}
-
-
-def options(profile: Any, precision: str) -> dict[str, Any]:
-    """The profile's ``options`` for this backend, checked, with defaults.
-
-    Pure data checks (no coremltools import): ``CoreMLBackend.check`` runs them in the
-    build process before any work, so a bad option is a usage error (exit 2), not a
-    failed conversion.
-    """
-    from edgepack.convert.torch_to_coreml import (
-        COMPRESSION_MIN,
-        COMPUTE_UNITS,
-        DEPLOYMENT_TARGETS,
-    )
-    from edgepack.quantize.coreml_compress import WEIGHT_MODES
-
-    where = f"profile {profile.name}: options"
-    given = dict(profile.options)
-    unknown = sorted(set(given) - OPTION_KEYS)
-    if unknown:
-        raise UsageError(f"{where}: unknown keys {unknown}; coreml takes {sorted(OPTION_KEYS)}")
-    opts = {**DEFAULTS, **given}
-    target = str(opts["minimum_deployment_target"])
-    if target not in DEPLOYMENT_TARGETS:
-        raise UsageError(f"{where}: minimum_deployment_target {target!r} is not one of "
-                         f"{', '.join(DEPLOYMENT_TARGETS)} (ML Program needs iOS15/macOS12+)")
-    if opts["compute_units"] not in COMPUTE_UNITS:
-        raise UsageError(f"{where}: compute_units must be one of {', '.join(COMPUTE_UNITS)}")
-    if opts["int8_weights"] not in WEIGHT_MODES:
-        raise UsageError(f"{where}: int8_weights must be one of {', '.join(WEIGHT_MODES)}")
-    threshold = opts["weight_threshold"]
-    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
-        raise UsageError(f"{where}: weight_threshold must be a non-negative integer")
-    if precision == "int8":
-        os_name = "macOS" if target.startswith("macOS") else "iOS"
-        if int(target[len(os_name):]) < COMPRESSION_MIN[os_name]:
-            raise UsageError(f"{where}: compressed weights need minimum_deployment_target "
-                             f"{os_name}{COMPRESSION_MIN[os_name]} or newer, not {target}")
-    return opts
 
 
 def _program(job: Job) -> tuple[Any, dict[str, Any] | None]:
@@ -186,18 +157,24 @@ def _convert(job: Job, program: Any, precision: str, target: str) -> Any:
     return model
 
 
-class CoreMLBackend:
+class CoreMLBackend(Backend):
     name = "coreml"
     runtime = "coreml"
     harness = "bench_coreml.py"
+    precisions = PRECISIONS
+    options = OPTIONS
 
-    def check(self, profile: Any, precision: str) -> None:
-        """Profile option and precision errors, before any work is done (UsageError)."""
-        if precision not in PRECISIONS:
-            raise UsageError(f"the coreml backend does not build {precision!r}; it builds "
-                             f"{', '.join(PRECISIONS)} (int8 = weight-only); pick one of "
-                             "those or another target")
-        options(profile, precision)
+    def check(self, profile: Any, precision: str) -> dict[str, Any]:
+        """The base checks, and compressed weights' minimum OS (pure data, no coremltools)."""
+        opts = super().check(profile, precision)
+        target = str(opts["minimum_deployment_target"])
+        if precision == "int8":
+            os_name = "macOS" if target.startswith("macOS") else "iOS"
+            if int(target[len(os_name):]) < COMPRESSION_MIN[os_name]:
+                raise UsageError(f"profile {profile.name}: options: compressed weights need "
+                                 f"minimum_deployment_target {os_name}{COMPRESSION_MIN[os_name]}"
+                                 f" or newer, not {target}")
+        return opts
 
     def build(self, job: Job) -> Artifact:
         from edgepack.convert.coreml_check import structural_check
@@ -205,8 +182,7 @@ class CoreMLBackend:
         from edgepack.frameworks import import_coremltools
         from edgepack.runners.coreml_proxy import fp16_weight_error, make_proxy
 
-        self.check(job.profile, job.precision)
-        opts = options(job.profile, job.precision)
+        opts = self.check(job.profile, job.precision)
         import_coremltools()
         target = opts["minimum_deployment_target"]
         program, intermediate = _program(job)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
-from edgepack.backends.base import Artifact, Job
+from edgepack.backends.base import Artifact, Backend, Job
 from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.convert.onnx_cleanup import compact_file
 from edgepack.errors import UsageError
@@ -29,7 +29,7 @@ from edgepack.runners.base import Runner
 TOOLCHAIN = ["torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common"]
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     name = "onnx"
     runtime = "onnxruntime"
     harness = "bench_onnxruntime.py"
@@ -52,8 +52,9 @@ class OnnxBackend:
             job.progress("dynamic int8 quantization")
             quantization = quantize_dynamic_int8(base, out)
         elif job.precision == "int8":
+            from edgepack.quantize.onnx_qdq import Int8Options
             from edgepack.quantize.onnx_session import SESSION_DISABLED_OPTIMIZERS
-            from edgepack.quantize.onnx_static import Int8Options, quantize_static_int8
+            from edgepack.quantize.onnx_static import quantize_static_int8
             from edgepack.quantize.search import Budget
 
             if job.calib is None or job.calib_reference is None:

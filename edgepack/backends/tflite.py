@@ -30,7 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgepack.backends.base import Artifact, Job
+from edgepack.backends.base import Artifact, Backend, Job
+from edgepack.backends.options import Option, read_options
 from edgepack.convert.tflite_layout import (
     Mapped,
     Perms,
@@ -42,16 +43,22 @@ from edgepack.errors import ConversionError, UsageError, ValidationFailed
 from edgepack.runners.base import Arrays, Runner
 from edgepack.signature import Signature, TensorSpec
 
-OPTIONS = {
-    "int8_io": ("float", "int8", "uint8"),
-    "int8_ops": ("auto", "full-integer"),
-    "torch_int8": ("pt2e", "onnx2tf"),
-    "calibration_samples": int,
-    "onnx2tf_keep_shape": bool,
-    "gpu_delegate_check": bool,
-}
-DEFAULTS = {"int8_io": "float", "int8_ops": "auto", "torch_int8": "pt2e",
-            "calibration_samples": 500, "onnx2tf_keep_shape": True, "gpu_delegate_check": True}
+OPTIONS = (
+    Option("int8_io", ("float", "int8", "uint8"), "float",
+           "I/O type of full-integer int8 models: float keeps app code unchanged; int8/uint8 "
+           "for NPUs and microcontrollers (scales and zero points in the manifest)"),
+    Option("int8_ops", ("auto", "full-integer"), "auto",
+           "auto: when full-integer int8 misses the targets on calibration data, int8 at "
+           "FULLY_CONNECTED/CONV/BATCH_MATMUL only; full-integer: never (NPU/DSP)"),
+    Option("torch_int8", ("pt2e", "onnx2tf"), "pt2e",
+           "static int8 route for torch sources: litert-torch PT2E or onnx2tf + TFLiteConverter"),
+    Option("calibration_samples", int, 500, "calibration samples the converter uses",
+           minimum=1),
+    Option("onnx2tf_keep_shape", bool, True,
+           "keep non-image inputs' shapes through onnx2tf (it may permute 3-D inputs)"),
+    Option("gpu_delegate_check", bool, True,
+           "record which ops the GPU delegate would take (a report, not a gate)"),
+)
 TORCH_FORMATS = ("python", "torch.export")
 TF_FORMATS = ("keras", "savedmodel")
 
@@ -66,19 +73,8 @@ class TFLiteArtifact(Artifact):
 
 
 def options(profile: Any) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for key, value in (profile.options or {}).items():
-        if key not in OPTIONS:
-            raise UsageError(f"profile {profile.name}: unknown tflite option {key!r}; "
-                             f"known: {', '.join(sorted(OPTIONS))}")
-        kind = OPTIONS[key]
-        ok = value in kind if isinstance(kind, tuple) else (
-            isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
-        if not ok:
-            want = " | ".join(kind) if isinstance(kind, tuple) else kind.__name__
-            raise UsageError(f"profile {profile.name}: option {key}={value!r}; expected {want}")
-        opts[key] = value
-    return opts
+    """The profile's ``options:``, checked, with defaults."""
+    return read_options(profile, OPTIONS, "tflite")
 
 
 def route_for(job: Job, opts: dict[str, Any]) -> str:
@@ -321,14 +317,11 @@ def _layouts(source: Signature, mapped: list[Mapped]) -> dict[str, Any]:
                           "perm": list(m.perm)} for m in mapped if m.perm}
 
 
-class TFLiteBackend:
+class TFLiteBackend(Backend):
     name = "tflite"
     runtime = "litert"
     harness = "bench_litert.py"
-
-    def check(self, profile: Any, precision: str) -> None:
-        """Usage errors before any work: unknown/bad options (``options`` raises)."""
-        options(profile)
+    options = OPTIONS
 
     def build(self, job: Job) -> Artifact:
         from edgepack.convert import tflite_inspect

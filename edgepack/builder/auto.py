@@ -17,7 +17,7 @@ from edgepack.builder.selection import (
     race,
 )
 from edgepack.builder.summary import BundleResult
-from edgepack.errors import one_line
+from edgepack.errors import Status, one_line
 from edgepack.profiles import Profile
 
 
@@ -48,7 +48,7 @@ def run_auto(ctx: Context, profile: Profile, model_name: str, attempt: Callable,
         built[precision] = (spec, outcome, result, name)
     if not built:
         return BundleResult(name=f"{model_name}-{profile.name}-auto", target=profile.name,
-                            precision="auto", status="failed",
+                            precision="auto", status=Status.FAILED,
                             reason="no precision could be tried", conversion_failed=True)
     near = contenders(tried)
     if profile.auto_host_latency and len(near) > 1:

@@ -14,6 +14,7 @@ from edgepack.bundle.writer import write_bundle
 from edgepack.compare import ValidationResult, compare, deferred
 from edgepack.config import BuildConfig
 from edgepack.data import SampleSet
+from edgepack.errors import Status
 from edgepack.runners.base import Arrays
 from edgepack.sources.base import SourceModel
 
@@ -36,10 +37,10 @@ def judge(ctx: Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:
     """The artifact's outputs against the source model's, under the bundle's tolerances."""
     tol = spec.tolerances
     if outcome.artifact is None:
-        return ValidationResult(status="failed", metrics={}, tolerances=tol, samples=0,
+        return ValidationResult(status=Status.FAILED, metrics={}, tolerances=tol, samples=0,
                                 reason=f"conversion failed: {outcome.conversion_error}")
     if outcome.run_error is not None:
-        return ValidationResult(status="failed", metrics={}, tolerances=tol,
+        return ValidationResult(status=Status.FAILED, metrics={}, tolerances=tol,
                                 samples=ctx.evals.count, reason=outcome.run_error)
     if outcome.deferred is not None and outcome.candidate is None:
         return deferred(outcome.deferred, tol)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.convert.torch_to_coreml import artifact_dtype, feature_type, load_spec
-from edgepack.errors import ConversionError
+from edgepack.errors import ConversionError, Status
 from edgepack.signature import Signature, TensorSpec
 
 
@@ -29,7 +29,8 @@ def structural_check(package: Path, signature: Signature, names: dict[str, str]
     """
     spec = load_spec(package)
     problems: list[str] = []
-    record: dict[str, Any] = {"status": "passed", "method": "MLModel(skip_model_load=True) spec"}
+    record: dict[str, Any] = {"status": Status.PASSED,
+                              "method": "MLModel(skip_model_load=True) spec"}
     for role, features, wanted in (("input", spec.description.input, signature.inputs),
                                    ("output", spec.description.output, signature.outputs)):
         got = {f.name: feature_type(f) for f in features}

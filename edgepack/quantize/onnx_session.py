@@ -1,5 +1,5 @@
 """ONNX Runtime sessions and fp32 model preparation shared by the int8 passes
-(static search in onnx_int8, dynamic in onnx_dynamic_int8, and the TensorRT route).
+(static search in onnx_static, dynamic in onnx_dynamic, and the TensorRT route).
 
 Every session here has the same fixed, documented options (one thread: scores and
 artifacts must not depend on the machine), and every int8 model we produce is run

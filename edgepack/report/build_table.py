@@ -7,7 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-STATUS_STYLE = {"passed": "green", "failed": "bold red", "deferred": "yellow"}
+from edgepack.errors import Status
+
+STATUS_STYLE = {Status.PASSED: "green", Status.FAILED: "bold red", Status.DEFERRED: "yellow"}
 
 
 def human_bytes(n: int | None) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.bundle import manifest as mf
-from edgepack.errors import InputError
+from edgepack.errors import InputError, Status
 from edgepack.report.gate import Key, Record, load_records, order
 
 PERCENTILES = ("p50", "p90", "p99")
@@ -126,7 +126,7 @@ def collect(dist: Path, results: Path | None = None, host_runs: int = 100) -> Re
     for rec in sorted(records.values(), key=lambda r: order(r.target, r.precision, r.name)):
         row = Row(rec, devices=devices.pop(rec.key, []))
         if rec.folder is None:
-            row.host_note = "no bundle (conversion failed)" if rec.status == "failed" \
+            row.host_note = "no bundle (conversion failed)" if rec.status == Status.FAILED \
                 else "no bundle folder"
         elif host_runs > 0:
             row.host, row.host_note = host_run(rec.folder, host_runs)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.bundle import manifest as mf
-from edgepack.errors import InputError, UsageError
+from edgepack.errors import InputError, Status, UsageError
 
 Key = tuple[str, str]  # (target name, precision)
 
@@ -34,7 +34,7 @@ GATED: dict[str, str] = {
 DEFAULT_MAX_DROP: dict[str, float] = {"task_accuracy": 0.5, "top1_agreement": 0.01,
                                       "cosine_min": 0.01}
 DEFAULT_MAX_SIZE_GROWTH = 0.10
-STATUS_RANK = {"failed": 0, "deferred": 1, "passed": 2}
+STATUS_RANK = {Status.FAILED: 0, Status.DEFERRED: 1, Status.PASSED: 2}
 EPS = 1e-9  # manifests round metrics to 6 significant digits
 
 
@@ -78,7 +78,7 @@ class Verdict:
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        return self.status == Status.FAILED
 
 
 # ---------------------------------------------------------------- options
@@ -252,7 +252,7 @@ def judge(
     for rec, status, lines in new:
         v = Verdict(rec.name, rec.target, rec.precision, status, new=rec)
         # a check's lines explain a failure; for a deferred bundle they say why: a note
-        (v.lines if status == "failed" else v.notes).extend(lines)
+        (v.lines if status == Status.FAILED else v.notes).extend(lines)
         if old is not None:
             v.old = old.get(rec.key)
             if v.old is None:
@@ -260,12 +260,12 @@ def judge(
             else:
                 v.lines += regressions(v.old, rec, limits)
         if v.lines:
-            v.status = "failed"
+            v.status = Status.FAILED
         verdicts.append(v)
     present = {rec.key for rec, _, _ in new}
     for key, rec in (old or {}).items():
         if key not in present:
-            verdicts.append(Verdict(rec.name, rec.target, rec.precision, "failed",
+            verdicts.append(Verdict(rec.name, rec.target, rec.precision, Status.FAILED,
                                     [missing_line(rec)], old=rec))
     return sorted(verdicts, key=lambda v: order(v.target, v.precision, v.name))
 

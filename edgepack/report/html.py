@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
+from edgepack.errors import Status
 from edgepack.report import svg
 from edgepack.report.cells import accuracy, human_bytes, ms, number, worst
 from edgepack.report.collect import PERCENTILES, Report, Row, Run
@@ -85,15 +86,14 @@ def _subtitle(report: Report) -> str:
 
 def _cards(report: Report) -> str:
     count = {s: sum(r.record.status == s for r in report.rows)
-             for s in ("passed", "deferred", "failed")}
-    cards = [(str(count["passed"]), "passed"), (str(count["deferred"]), "deferred"),
-             (str(count["failed"]), "failed")]
-    ok = [r for r in report.rows if r.record.status != "failed" and r.record.bytes]
+             for s in (Status.PASSED, Status.DEFERRED, Status.FAILED)}
+    cards = [(str(count[s]), str(s)) for s in (Status.PASSED, Status.DEFERRED, Status.FAILED)]
+    ok = [r for r in report.rows if r.record.status != Status.FAILED and r.record.bytes]
     if ok:
         small = min(ok, key=lambda r: r.record.bytes or 0)
         cards.append((human_bytes(small.record.bytes),
                       f"smallest: {small.record.target} {small.record.precision}"))
-    timed = [r for r in report.rows if r.host and r.record.status != "failed"]
+    timed = [r for r in report.rows if r.host and r.record.status != Status.FAILED]
     if timed:
         fast = min(timed, key=lambda r: r.host.latency_ms.get("p50", float("inf")))
         cards.append((f"{ms(fast.host.latency_ms.get('p50'))} ms",

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from edgepack.errors import Status
 from edgepack.report.cells import accuracy, human_bytes, number, worst
 from edgepack.report.gate import Record, Verdict
 
-ICON = {"passed": "✅", "deferred": "⏸️", "failed": "❌"}
+ICON = {Status.PASSED: "✅", Status.DEFERRED: "⏸️", Status.FAILED: "❌"}
 
 
 def _cell(text: str) -> str:
@@ -29,7 +30,8 @@ def _acc(r: Record) -> str:
 
 
 def summary_markdown(verdicts: Sequence[Verdict], baseline: str | None = None) -> str:
-    count = {s: sum(v.status == s for v in verdicts) for s in ("passed", "deferred", "failed")}
+    count = {s: sum(v.status == s for v in verdicts)
+             for s in (Status.PASSED, Status.DEFERRED, Status.FAILED)}
     title = ", ".join(f"{n} {s}" for s, n in count.items() if n) or "no bundles"
     against = f" against `{baseline}`" if baseline else ""
     lines = [f"### edgepack validate{against}: {title}", "",
@@ -46,7 +48,7 @@ def summary_markdown(verdicts: Sequence[Verdict], baseline: str | None = None) -
             _pair(v, lambda r: number(worst(r.metrics, "top1_agreement"), ".3f")),
             _pair(v, lambda r: number(worst(r.metrics, "cosine_min"), ".4f")),
         )) + " |")
-    failing = [line for v in verdicts for line in v.lines if v.status == "failed"]
+    failing = [line for v in verdicts for line in v.lines if v.status == Status.FAILED]
     if failing:
         lines += ["", "**Failures**", ""]
         lines += [f"- `{line.replace(chr(10), ' ')}`" for line in failing]

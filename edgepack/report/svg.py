@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from html import escape
 
+from edgepack.errors import Status
+
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C564B",
            "#F0E442")
 FAILED = "#C62828"
@@ -113,7 +115,7 @@ class Point:
     label: str  # drawn beside the point
     series: str  # colour group (legend)
     tooltip: str
-    status: str = "passed"  # passed: filled; deferred: hollow ring; failed: red ring
+    status: str = Status.PASSED  # passed: filled; deferred: hollow ring; failed: red ring
 
 
 def scatter(points: list[Point], x_label: str, y_label: str, *, x_log: bool = True,
@@ -141,14 +143,14 @@ def scatter(points: list[Point], x_label: str, y_label: str, *, x_log: bool = Tr
     colours = _series_colours(points)
     for p in sorted(points, key=lambda p: (p.x, p.y)):
         x, y, colour = sx(p.x), sy(p.y), colours[p.series]
-        ring = {"failed": f'fill="white" stroke="{FAILED}" stroke-width="2.5"',
-                "deferred": f'fill="white" stroke="{colour}" stroke-width="3"'}.get(
+        ring = {Status.FAILED: f'fill="white" stroke="{FAILED}" stroke-width="2.5"',
+                Status.DEFERRED: f'fill="white" stroke="{colour}" stroke-width="3"'}.get(
             p.status, f'fill="{colour}" stroke="white" stroke-width="1.5"')
         body.append(f'<g class="point"><title>{escape(p.tooltip)}</title>'
                     f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" {ring}/></g>')
         lx, ly, anchor = _place_label(x, y, p.label, placed, left, width - right)
         body.append(_text(lx, ly, p.label, 12, anchor,
-                          FAILED if p.status == "failed" else INK))
+                          FAILED if p.status == Status.FAILED else INK))
     statuses = {p.status for p in points}
     body += _legend(colours, width - right + 16, top + 6, statuses,
                     reference=reference[1] if reference else None)
@@ -195,12 +197,12 @@ def _legend(colours: dict[str, str], x: float, y: float, statuses: set[str],
         out.append(f'<circle cx="{x + 6}" cy="{y:.1f}" r="6" fill="{colour}"/>')
         out.append(_text(x + 18, y + 4, name, 12, color=INK))
         y += 22
-    if "deferred" in statuses:
+    if Status.DEFERRED in statuses:
         out.append(f'<circle cx="{x + 6}" cy="{y:.1f}" r="5" fill="white" stroke="{MUTED}" '
                    'stroke-width="2.5"/>')
         out.append(_text(x + 18, y + 4, "deferred (proxy metrics)", 12, color=INK))
         y += 22
-    if "failed" in statuses:
+    if Status.FAILED in statuses:
         out.append(f'<circle cx="{x + 6}" cy="{y:.1f}" r="5" fill="white" stroke="{FAILED}" '
                    'stroke-width="2.5"/>')
         out.append(_text(x + 18, y + 4, "failed validation", 12, color=FAILED))
