@@ -1,6 +1,6 @@
 """Metrics and tolerance decisions: reference outputs vs an artifact's outputs.
 
-The numbers come from ``edgepack/harness/edgepack_harness.py``, the same file
+The numbers come from ``edgepack/harness/edgepack_metrics.py``, the same file
 every bundle carries, so the host's validation and a device's golden check
 can never disagree on how a metric is computed.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import UsageError, ValidationFailed
-from edgepack.harness import edgepack_harness as metrics_core
+from edgepack.errors import Status, UsageError, ValidationFailed
+from edgepack.harness import edgepack_metrics as metrics_core
 
 TOLERANCE_KEYS: dict[str, str] = dict(metrics_core.TOLERANCE_KEYS)
 GOLDEN_KEYS: tuple[str, ...] = tuple(metrics_core.GOLDEN_KEYS)
-STATUSES = ("passed", "failed", "deferred")
+STATUSES = tuple(Status)
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -72,7 +72,7 @@ def compute_metrics(reference: Arrays, candidate: Arrays, labels: np.ndarray | N
 
 @dataclass
 class ValidationResult:
-    status: str  # "passed" | "failed" | "deferred"
+    status: Status
     metrics: dict[str, dict[str, Any]]  # per output
     tolerances: dict[str, float]
     samples: int
@@ -83,7 +83,7 @@ class ValidationResult:
 
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
+        return self.status == Status.PASSED
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, fixed key order, for the manifest's ``validation``."""
@@ -104,7 +104,7 @@ class ValidationResult:
         if status not in STATUSES:
             raise ValueError(f"validation status {status!r} is not one of {STATUSES}")
         return cls(
-            status=status,
+            status=Status(status),
             metrics={k: dict(v) for k, v in (d.get("metrics") or {}).items()},
             tolerances={k: float(v) for k, v in (d.get("tolerances") or {}).items()},
             samples=int(d.get("samples") or 0),
@@ -135,7 +135,7 @@ def compare(reference: Arrays, candidate: Arrays, tolerances: Mapping[str, float
     """
     check_tolerance_keys(tolerances)
     out = metrics_core.evaluate(reference, candidate, tolerances, labels, task)
-    failed = out["status"] == "failed"
+    failed = out["status"] == Status.FAILED
     return ValidationResult(
         status=out["status"], metrics=out["metrics"], tolerances=out["tolerances"],
         samples=_samples(reference), failures=out["failures"], skipped=out["skipped"],
@@ -156,7 +156,7 @@ def deferred(reason: str, tolerances: Mapping[str, float],
     failures, skipped = metrics_core.check_tolerances(metrics, tolerances) if metrics \
         else ([], [])
     return ValidationResult(
-        status="deferred", metrics=metrics,
+        status=Status.DEFERRED, metrics=metrics,
         tolerances={k: float(tolerances[k]) for k in sorted(tolerances)}, samples=samples,
         failures=failures, reason=reason, proxy=proxy and bool(metrics), skipped=skipped,
     )

@@ -10,7 +10,7 @@ import pytest
 
 from edgepack import compare as c
 from edgepack.errors import UsageError, ValidationFailed
-from edgepack.harness import edgepack_harness as h
+from edgepack.harness import edgepack_metrics as h
 
 REF = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
 

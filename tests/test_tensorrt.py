@@ -258,7 +258,7 @@ def test_build_engine_script_records_who_built_the_engine(jetson_dist, tmp_path)
     assert info == {"tensorrt": "10.3.0", "device": "Orin", "built_with": "trtexec",
                     "precision": "int8", "target": "jetson-orin-nano"}
     assert (bundle / "results" / "model.engine.log").is_file()
-    b = _bench_module()
+    b = _engine_module()
     tk = b.Toolkit(None, None)
     tk.version = "10.3.0.30"  # the Python module's four-part version
     assert b.ensure_engine(str(bundle), options, tk, None, False)["built_by"] == "10.3.0"
@@ -272,7 +272,8 @@ def test_harness_without_tensorrt_exits_2_in_one_line(jetson_dist):
     out, _ = jetson_dist
     bundle = _bundle(out, "int8")
     py_compile.compile(str(bundle / "bench.py"), doraise=True)
-    for name in ("bench.py", "edgepack_harness.py"):  # JetPack 5 ships Python 3.8
+    for name in ("bench.py", "edgepack_harness.py", "edgepack_metrics.py",
+                 "tensorrt_engine.py"):  # JetPack 5 ships Python 3.8
         ast.parse((bundle / name).read_text(), feature_version=(3, 8))
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
     env.pop("TRTEXEC", None)
@@ -302,28 +303,32 @@ def test_jetson_builds_are_byte_identical(jetson_dist, tmp_path):
 # --------------------------------------------------------------------------- harness pieces
 
 
-def _bench_module():
-    path = ROOT / "edgepack" / "harness" / "bench_tensorrt.py"
-    spec = importlib.util.spec_from_file_location("bench_tensorrt_under_test", path)
+def _bench_module(name: str = "bench_tensorrt"):
+    path = ROOT / "edgepack" / "harness" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _engine_module():
+    return _bench_module("tensorrt_engine")
+
+
 def test_harness_reads_trtexec_formats():
-    b = _bench_module()
+    b = _engine_module()
     assert b.decode_packed("100300") == "10.3.0" and b.decode_packed("8502") == "8.5.2"
     banner = "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=model.onnx"
     assert b.banner_version(banner) == "10.3.0"
     assert b.same_release("10.3.0.30", "10.3.0") and not b.same_release("8.5.2", "10.3.0")
     exported = ('[\n  { "name" : "logits"\n  , "dimensions" : "1x4"\n'
                 '  , "values" : [ 0.5, -nan, inf, -inf ]\n  }\n]\n')
-    values = b.parse_exported_outputs(exported)["logits"]
+    values = _bench_module().parse_exported_outputs(exported)["logits"]
     assert values[0] == 0.5 and np.isnan(values[1]) and values[2] == np.inf and values[3] < 0
 
 
 def test_harness_refuses_an_engine_from_another_tensorrt(tmp_path):
-    b = _bench_module()
+    b = _engine_module()
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not really an engine")
     b.write_sidecar(str(engine), {"tensorrt": "8.5.2", "device": "Xavier"})

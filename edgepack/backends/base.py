@@ -82,6 +82,7 @@ class Backend:
     name: str
     runtime: str
     harness: str  # file in edgepack/harness/, copied into bundles as bench.py
+    harness_extra: tuple[str, ...] = ()  # modules in edgepack/harness/ that bench.py imports
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8-dynamic", "int8")
     options: tuple[Option, ...] = ()  # the profile ``options:`` keys it takes
 

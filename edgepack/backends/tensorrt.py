@@ -12,7 +12,7 @@ optimization profile, opset/IR the profile's TensorRT reads):
   int8  explicit quantization: symmetric int8 Q/DQ (zero points 0), activations
         calibrated on --calib, per-channel weights on the output-channel axis,
         through the accuracy-aware search (layers kept in float when they hurt),
-        then TensorRT's Q/DQ placement (passes/trt_qdq.py); built with --int8
+        then TensorRT's Q/DQ placement (quantize/tensorrt_qdq.py); built with --int8
         (+ --fp16 for the float layers unless the profile says fp32; then the
         float weights and embedding tables are also stored fp16 in the ONNX)
 
@@ -28,11 +28,12 @@ import json
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgepack.backends.base import Artifact, Deferred, Job
+from edgepack.backends.base import Artifact, Backend, Deferred, Job
+from edgepack.backends.options import Option, read_options
 from edgepack.backends.shared import export_toolchain, fp32_onnx
 from edgepack.errors import ConversionError, UsageError
 from edgepack.quantize.judge import calibration_judge, search_tolerances
@@ -47,8 +48,6 @@ DEFERRED_REASON = ("TensorRT engines are built and checked on the Jetson (bench.
                    "this host has no TensorRT/GPU")
 #: Newest ONNX opset each TensorRT release's parser reads.
 MAX_OPSET = {"8": 17, "10": 20}
-OPTION_KEYS = {"tensorrt", "max_opset", "workspace_mib", "dla_core", "gpu_fallback",
-               "int8_float_fallback", "shapes", "timing_cache"}
 INT8_FORMAT = "qdq-s8s8"
 PLACEMENT = ("TensorRT explicit quantization: Q/DQ on the activation inputs of "
              "Conv/ConvTranspose/Gemm/MatMul, and on both inputs of residual Adds when both "
@@ -72,66 +71,75 @@ class Settings:
     timing_cache: bool = True
 
 
-def settings_for(profile: Any, precision: str) -> Settings:
-    """Read and check ``profile.options`` (one-line UsageError naming the key)."""
-    opts = dict(profile.options)
-    where = f"profile {profile.name}: options"
-    unknown = sorted(set(opts) - OPTION_KEYS)
-    if unknown:
-        raise UsageError(f"{where}: unknown keys {unknown}; known: "
-                         f"{', '.join(sorted(OPTION_KEYS))}")
-    trt = str(opts.get("tensorrt", "")).strip()
-    if not trt or not trt.split(".")[0].isdigit():
-        raise UsageError(f"{where}.tensorrt must name the device's TensorRT version, e.g. '10.3'")
-    major = trt.split(".")[0]
-    max_opset = opts.get("max_opset", MAX_OPSET.get(major, 17))
-    workspace = opts.get("workspace_mib", 1024)
-    if not isinstance(max_opset, int) or not isinstance(workspace, int) or workspace < 1:
-        raise UsageError(f"{where}: max_opset and workspace_mib must be positive integers")
-    dla = opts.get("dla_core")
-    cores = profile.device.get("dla_cores", 0) or 0
-    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
-        raise UsageError(f"profile {profile.name}: device.dla_cores must be the number of DLA "
-                         f"cores (0 or more), not {cores!r}")
-    if dla is not None:
-        if not isinstance(dla, int) or not 0 <= dla < max(cores, 0) or isinstance(dla, bool):
-            raise UsageError(f"{where}.dla_core {dla!r}: {profile.name} has {cores} DLA core(s)"
-                             + (f"; use 0..{cores - 1}" if cores else "; remove dla_core"))
-        if precision == "fp32":
-            raise UsageError(f"{where}.dla_core: the DLA runs fp16 and int8 only, not fp32")
-    fallback = opts.get("int8_float_fallback", "fp16")
-    if fallback not in ("fp16", "fp32"):
-        raise UsageError(f"{where}.int8_float_fallback must be fp16 or fp32")
-    shapes = opts.get("shapes") or None
-    if shapes is not None:
-        shapes = _check_shapes(shapes, where)
-    return Settings(tensorrt=trt, max_opset=max_opset, workspace_mib=workspace, dla_core=dla,
-                    gpu_fallback=bool(opts.get("gpu_fallback", True)),
-                    int8_float_fallback=fallback, shapes=shapes,
-                    timing_cache=bool(opts.get("timing_cache", True)))
+def _version_problem(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text or not text.split(".")[0].isdigit():
+        return "must name the device's TensorRT version, e.g. '10.3'"
+    return None
 
 
-def _check_shapes(shapes: Any, where: str) -> dict[str, dict[str, list[int]]]:
+def _shapes_problem(shapes: Any) -> str | None:
     if not isinstance(shapes, dict):
-        raise UsageError(f"{where}.shapes: expected {{input: {{min: [...], opt: [...], "
-                         "max: [...]}}}")
-    out = {}
+        return "expects {input: {min: [...], opt: [...], max: [...]}}"
     for name, spec in shapes.items():
         ok = isinstance(spec, dict) and set(spec) == {"min", "opt", "max"} and all(
             isinstance(spec[k], list) and spec[k] and all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec[k])
             for k in ("min", "opt", "max"))
         if not ok or not len(spec["min"]) == len(spec["opt"]) == len(spec["max"]):
-            raise UsageError(f"{where}.shapes.{name}: needs min, opt and max: lists of positive "
-                             "integers of one rank")
+            return (f"{name}: needs min, opt and max: lists of positive integers of one "
+                    "rank")
         if not all(a <= b <= c for a, b, c in zip(spec["min"], spec["opt"], spec["max"],
                                                   strict=True)):
-            raise UsageError(f"{where}.shapes.{name}: needs min <= opt <= max in every dim")
-        out[str(name)] = {k: [int(d) for d in spec[k]] for k in ("min", "opt", "max")}
-    return out
+            return f"{name}: needs min <= opt <= max in every dim"
+    return None
 
 
-# --------------------------------------------------------------------------- the graph
+OPTIONS = (
+    Option("tensorrt", object, None,
+           "the device's TensorRT version the build_engine.sh flags are written for",
+           rule=_version_problem),
+    Option("max_opset", int, None, "newest ONNX opset the device's parser reads "
+           "(default: by TensorRT major version)", minimum=1),
+    Option("workspace_mib", int, 1024, "builder workspace (MiB)", minimum=1),
+    Option("dla_core", int, None, "run on this DLA core (device.dla_cores says how many)",
+           minimum=0),
+    Option("gpu_fallback", bool, True, "with dla_core: layers the DLA cannot run go to the GPU"),
+    Option("int8_float_fallback", ("fp16", "fp32"), "fp16",
+           "precision of the layers an int8 engine keeps in float"),
+    Option("shapes", dict, None, "dynamic inputs: an optimization profile "
+           "{input: {min, opt, max}} instead of static shapes", rule=_shapes_problem),
+    Option("timing_cache", bool, True, "keep trtexec's timing cache beside the engine"),
+)
+
+
+def settings_for(profile: Any, precision: str) -> Settings:
+    """The profile's options, checked against ``OPTIONS`` and the device facts."""
+    opts = read_options(profile, OPTIONS, "tensorrt")
+    where = f"profile {profile.name}: options"
+    if opts["tensorrt"] is None:
+        raise UsageError(f"{where}.tensorrt {_version_problem('')}")
+    trt = str(opts["tensorrt"]).strip()
+    max_opset = opts["max_opset"] or MAX_OPSET.get(trt.split(".")[0], 17)
+    dla = opts["dla_core"]
+    cores = profile.device.get("dla_cores", 0) or 0
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
+        raise UsageError(f"profile {profile.name}: device.dla_cores must be the number of DLA "
+                         f"cores (0 or more), not {cores!r}")
+    if dla is not None:
+        if dla >= cores:
+            raise UsageError(f"{where}.dla_core {dla!r}: {profile.name} has {cores} DLA core(s)"
+                             + (f"; use 0..{cores - 1}" if cores else "; remove dla_core"))
+        if precision == "fp32":
+            raise UsageError(f"{where}.dla_core: the DLA runs fp16 and int8 only, not fp32")
+    shapes = opts["shapes"] or None
+    if shapes is not None:
+        shapes = {str(n): {k: [int(d) for d in spec[k]] for k in ("min", "opt", "max")}
+                  for n, spec in shapes.items()}
+    return Settings(tensorrt=trt, max_opset=max_opset, workspace_mib=opts["workspace_mib"],
+                    dla_core=dla, gpu_fallback=opts["gpu_fallback"],
+                    int8_float_fallback=opts["int8_float_fallback"], shapes=shapes,
+                    timing_cache=opts["timing_cache"])
 
 
 def _dims(shape: list[int]) -> str:
@@ -257,7 +265,7 @@ def _signature(job: Job, model_path: Path, fixed: dict[str, list[int]]) -> Signa
 
 
 def _int8_options(job: Job):
-    from edgepack.quantize.onnx_static import Int8Options
+    from edgepack.quantize.onnx_qdq import Int8Options
     from edgepack.quantize.search import Budget
 
     settings = job.int8_settings
@@ -374,17 +382,18 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
     return record
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     name = "tensorrt"
     runtime = "tensorrt"
     harness = "bench_tensorrt.py"
+    harness_extra = ("tensorrt_engine.py",)
+    precisions = ("fp32", "fp16", "int8")
+    options = OPTIONS
 
-    def check(self, profile: Any, precision: str) -> None:
-        """Profile option and precision errors, before any work is done (UsageError)."""
-        if precision not in ("fp32", "fp16", "int8"):
-            raise UsageError(f"the tensorrt backend builds fp32, fp16 and int8, not "
-                             f"{precision!r}; pick one of those or another target")
-        settings_for(profile, precision)
+    def check(self, profile: Any, precision: str) -> dict[str, Any]:
+        """The base checks, and the options against the device facts."""
+        super().check(profile, precision)
+        return asdict(settings_for(profile, precision))
 
     def build(self, job: Job) -> Artifact:
         self.check(job.profile, job.precision)

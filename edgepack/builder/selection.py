@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from edgepack.errors import Status
 from edgepack.harness.edgepack_harness import time_calls
 from edgepack.runners.base import Arrays, Runner
 
@@ -49,7 +50,7 @@ class Candidate:
 
     @property
     def usable(self) -> bool:
-        return self.status in ("passed", "deferred") and self.bytes is not None
+        return self.status in (Status.PASSED, Status.DEFERRED) and self.bytes is not None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"precision": self.precision, "status": self.status,

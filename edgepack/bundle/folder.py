@@ -20,7 +20,8 @@ from edgepack.bundle import manifest as mf
 from edgepack.errors import InputError, UsageError
 
 HARNESS_DIR = Path(__file__).resolve().parent.parent / "harness"
-HARNESS_LIB = "edgepack_harness.py"
+#: Harness library files every bundle carries beside its bench.py.
+HARNESS_LIBS = ("edgepack_harness.py", "edgepack_metrics.py")
 
 
 def prepare_out(out: Path) -> None:
@@ -73,9 +74,14 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
 
 
-def copy_harness(stage: Path, harness: str) -> None:
+def copy_harness(stage: Path, harness: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Copy the backend's harness in as bench.py, with the library files every bundle
+    carries and the backend's ``extra`` modules beside it; returns those files."""
     shutil.copyfile(HARNESS_DIR / harness, stage / "bench.py")
-    shutil.copyfile(HARNESS_DIR / HARNESS_LIB, stage / HARNESS_LIB)
+    files = [*HARNESS_LIBS, *extra]
+    for name in files:
+        shutil.copyfile(HARNESS_DIR / name, stage / name)
+    return files
 
 
 def file_entry(stage: Path, rel: str, role: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgepack.backends.base import Artifact
+from edgepack.backends.base import Artifact, Backend
 from edgepack.bundle import folder as bd
 from edgepack.bundle import manifest as mf
 from edgepack.compare import ValidationResult
@@ -41,16 +41,14 @@ and the source model's outputs for them.
 
 def write_bundle(
     out: Path, name: str, source: SourceModel, profile: Profile, precision: str,
-    backend: Any, artifact: Artifact, result: ValidationResult,
+    backend: Backend, artifact: Artifact, result: ValidationResult,
     golden: tuple[Arrays, Arrays], cfg: BuildConfig, data_origin: str,
     selection: dict[str, Any] | None = None,
 ) -> Path:
     """Write bundle `name` into `out` (atomically) and return its folder."""
     stage = bd.staging(out, name)
     # golden I/O travels in the artifact's own layout (NHWC for TFLite, ...)
-    to_artifact = getattr(backend, "golden_io", None)
-    if to_artifact is not None:
-        golden = to_artifact(artifact, *golden)
+    golden = backend.golden_io(artifact, *golden)
     try:
         for rel in artifact.files:
             dst = stage / rel
@@ -62,7 +60,7 @@ def write_bundle(
                 shutil.copyfile(src, dst)
         bd.save_npz(stage / "reference" / "inputs.npz", golden[0])
         bd.save_npz(stage / "reference" / "outputs.npz", golden[1])
-        bd.copy_harness(stage, backend.harness)
+        harness = bd.copy_harness(stage, backend.harness, backend.harness_extra)
         requirements = profile.runtime.get("requirements", [profile.runtime["name"], "numpy"])
         (stage / "requirements.txt").write_text("\n".join(requirements) + "\n")
         (stage / "README.md").write_text(_readme(name, profile, precision, result))
@@ -72,7 +70,7 @@ def write_bundle(
             bd.file_entry(stage, "reference/inputs.npz", "golden-inputs"),
             bd.file_entry(stage, "reference/outputs.npz", "golden-outputs"),
             bd.file_entry(stage, "bench.py", "harness"),
-            bd.file_entry(stage, bd.HARNESS_LIB, "harness"),
+            *(bd.file_entry(stage, rel, "harness") for rel in harness),
             bd.file_entry(stage, "requirements.txt", "requirements"),
             bd.file_entry(stage, "README.md", "readme"),
         ]

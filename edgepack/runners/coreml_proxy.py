@@ -192,7 +192,7 @@ def fp16_weight_error(module: Any) -> dict[str, Any]:
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
-    from edgepack.harness.edgepack_harness import rounded
+    from edgepack.harness.edgepack_metrics import rounded
 
     return {k: rounded(v) if isinstance(v, float) else v for k, v in d.items()}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgepack.runners.base import Arrays
 
-HARNESS = Path(__file__).resolve().parent.parent / "harness" / "bench_tensorrt.py"
+ENGINE_MODULE = Path(__file__).resolve().parent.parent / "harness" / "tensorrt_engine.py"
 
 
 class ProxyRunner:
@@ -60,8 +60,9 @@ class EngineRunner:
 
 
 def harness_module() -> Any:
-    """The bundle's bench.py code, shared so host and device run engines the same way."""
-    spec = importlib.util.spec_from_file_location("edgepack_bench_tensorrt", HARNESS)
+    """The bundle's tensorrt_engine.py (what its bench.py builds and runs engines with),
+    shared so host and device build and run engines the same way."""
+    spec = importlib.util.spec_from_file_location("edgepack_tensorrt_engine", ENGINE_MODULE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
