@@ -77,7 +77,9 @@ def check_bundle(folder: Path) -> BundleCheck:
         candidate = run_samples(runner, inputs, manifest["harness"].get("batch", 1))
     except EdgepackError as e:
         return BundleCheck(folder, Status.FAILED, [f"{folder.name}: {e}"])
-    result = compare(reference, candidate, tolerances)
+    # each output judged by the task the build recorded (older manifests: inferred)
+    tasks = {n: t["task"] for n, t in (recorded.get("tasks") or {}).items()} or None
+    result = compare(reference, candidate, tolerances, task=tasks)
     lines = [f"{folder.name}: {f}" for f in result.failures]
     return BundleCheck(folder, result.status, lines, result.metrics)
 

@@ -97,7 +97,14 @@ def _listed(values: tuple[str, ...]) -> list[str]:
 @click.option("--output", "outputs", multiple=True, help="Output names (torch sources).")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration .npz.")
 @click.option("--eval", "eval_", type=click.Path(path_type=Path), help="Evaluation .npz.")
-@click.option("--task", type=click.Choice(["classification", "regression"]))
+@click.option("--task", "tasks", multiple=True, metavar="[OUTPUT=]TASK",
+              help="What an output is, so validation measures the right thing: "
+                   "classification | regression | embedding | sequence | ctc | detection | "
+                   "segmentation. TASK alone: every output; OUTPUT=TASK: one (repeatable). "
+                   "Default: inferred per output and recorded in the manifest.")
+@click.option("--labels-for", metavar="OUTPUT",
+              help="The output the evaluation data's 'labels' belong to (default: the one "
+                   "classification output; or use labels_<output> keys in the .npz).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="KEY=VALUE")
 @click.option("--config", "config_file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path))
@@ -108,11 +115,12 @@ def _listed(values: tuple[str, ...]) -> list[str]:
               help="Per bundle (conversion + validation); default 1800.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True)
-def build(model, targets, precisions, inputs, outputs, calib, eval_, task, tolerances,
+def build(model, targets, precisions, inputs, outputs, calib, eval_, tasks, labels_for,
+          tolerances,
           config_file, out, seed, allow_random_calibration, timeout, as_json, quiet) -> None:
     """Convert MODEL for each target and precision, validate, and write bundles."""
     from edgepack.compare import parse_tolerance_option
-    from edgepack.config import make_config
+    from edgepack.config import make_config, parse_task
     from edgepack.report.build_table import print_build
     from edgepack.signature import parse_input_option
 
@@ -120,7 +128,8 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
         model, config_file,
         targets=_listed(targets), precisions=_listed(precisions),
         inputs=[parse_input_option(i) for i in inputs], outputs=list(outputs) or None,
-        calib=calib, eval=eval_, task=task,
+        calib=calib, eval=eval_, task=parse_task(list(tasks)) if tasks else None,
+        labels_for=labels_for,
         tolerances=dict(parse_tolerance_option(t) for t in tolerances),
         out=out, seed=seed, allow_random_calibration=allow_random_calibration,
         timeout=timeout,
@@ -136,6 +145,8 @@ def build(model, targets, precisions, inputs, outputs, calib, eval_, task, toler
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         print_build(data, stdout)
+        for note in summary.notes:
+            err.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
         for b in summary.bundles:
             if b.status == Status.FAILED:
                 err.print(f"[bold red]FAILED[/] {b.name}: {b.reason}", soft_wrap=True)

@@ -13,7 +13,8 @@ from edgepack.profiles import check_plain, read_yaml
 from edgepack.signature import DTYPES, LAYOUTS, TensorSpec
 
 CONFIG_KEYS = {
-    "model", "name", "inputs", "outputs", "calib", "eval", "task", "targets", "precisions",
+    "model", "name", "inputs", "outputs", "calib", "eval", "task", "labels_for", "targets",
+    "precisions",
     "tolerances", "out", "seed", "samples", "golden_samples", "int8",
     "allow_random_calibration", "timeout",
 }
@@ -30,7 +31,9 @@ INT8_VALUE_CHECKS = {
 }
 #: What layers kept out of static int8 become where the runtime allows (onnx-cpu).
 INT8_FALLBACKS = ("float", "dynamic")
-TASKS = ("classification", "regression", None)
+#: Output tasks: what validation measures per output (edgepack_metrics.TASKS).
+TASKS = ("classification", "regression", "embedding", "sequence", "ctc", "detection",
+         "segmentation")
 
 
 @dataclass
@@ -41,7 +44,9 @@ class BuildConfig:
     outputs: list[str] | None = None
     calib: Path | None = None
     eval: Path | None = None
-    task: str | None = None
+    # None: inferred per output; one task for every output; or {output: task}
+    task: str | dict[str, str] | None = None
+    labels_for: str | None = None  # the output the evaluation labels belong to
     targets: list[str] = field(default_factory=lambda: ["onnx"])
     precisions: list[str] = field(default_factory=list)  # empty: each profile's default
     tolerances: dict[str, float] = field(default_factory=dict)  # overrides for every bundle
@@ -91,6 +96,7 @@ def _names(v: Any) -> bool:
 VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: isinstance(v, str) and bool(v), "a path or file.py:callable"),
     "name": (lambda v: isinstance(v, str) and bool(v), "a string"),
+    "labels_for": (lambda v: isinstance(v, str) and bool(v), "an output name"),
     "outputs": (_names, "a name or a list of names"),
     "calib": (lambda v: isinstance(v, str) or v is None, "a path to an .npz file"),
     "eval": (lambda v: isinstance(v, str) or v is None, "a path to an .npz file"),
@@ -145,9 +151,40 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if out["int8"].get("fallback", "float") not in INT8_FALLBACKS:
             raise UsageError(f"config {path}: int8 fallback must be one of "
                              f"{', '.join(INT8_FALLBACKS)}, not {out['int8']['fallback']!r:.40}")
-    if out.get("task") not in TASKS:
-        raise UsageError(f"config {path}: task must be classification or regression")
+    if "task" in out:
+        out["task"] = parse_task(out["task"], f"config {path}: task")
     return out
+
+
+def parse_task(value: Any, where: str = "--task") -> str | dict[str, str] | None:
+    """A task for every output (``classification``), or per output: ``{prob:
+    classification, boxes: regression}`` (YAML) or ``["prob=classification", ...]``
+    (repeated flags). Unknown tasks are usage errors."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        whole = [v for v in value if isinstance(v, str) and "=" not in v]
+        per = [v for v in value if isinstance(v, str) and "=" in v]
+        if len(whole) + len(per) != len(value) or len(whole) > 1:
+            raise UsageError(f"{where}: give one task for every output, or OUTPUT=TASK pairs")
+        if whole and not per:
+            value = whole[0]
+        else:
+            if whole:
+                raise UsageError(f"{where}: give one task for every output, or OUTPUT=TASK "
+                                 "pairs, not both")
+            value = dict(v.rsplit("=", 1) for v in per)
+    tasks = [value] if isinstance(value, str) else list(value.values()) \
+        if isinstance(value, dict) else None
+    if tasks is None or not all(isinstance(t, str) for t in tasks):
+        raise UsageError(f"{where}: expected a task or a mapping of output names to tasks")
+    bad = sorted({t for t in tasks if t not in TASKS})
+    if bad:
+        raise UsageError(f"{where}: unknown task {', '.join(bad)}; use one of "
+                         f"{', '.join(TASKS)}")
+    return value
 
 
 def _relative_model(model: str, base: Path) -> str:

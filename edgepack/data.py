@@ -15,13 +15,15 @@ import numpy as np
 from edgepack.errors import InputError
 from edgepack.signature import Signature, TensorSpec
 
-LABELS = "labels"
+LABELS = "labels"  # integer class ids; ``labels_<output>`` binds them to one output
 
 
 @dataclass(frozen=True)
 class SampleSet:
     inputs: dict[str, np.ndarray]
-    labels: np.ndarray | None
+    # {output: labels}; "" for plain ``labels`` (bound to labels_for or the one
+    # classification output when validation knows the tasks); None: no labels
+    labels: dict[str, np.ndarray] | None
     origin: str  # a file name or "seeded(seed=N)"; never an absolute path
 
     @property
@@ -29,7 +31,7 @@ class SampleSet:
         return len(next(iter(self.inputs.values())))
 
     def head(self, n: int) -> SampleSet:
-        labels = None if self.labels is None else self.labels[:n]
+        labels = None if self.labels is None else {k: v[:n] for k, v in self.labels.items()}
         return SampleSet({k: v[:n] for k, v in self.inputs.items()}, labels, self.origin)
 
 
@@ -120,19 +122,22 @@ def load_npz(path: Path, signature: Signature, role: str) -> SampleSet:
     if missing:
         raise InputError(f"{role} data {path.name} lacks inputs {missing}; it has "
                          f"{sorted(arrays)} (keys must be the model's input names)")
-    extra = sorted(set(arrays) - set(signature.input_names) - {LABELS})
+    label_keys = {LABELS} | {f"{LABELS}_{n}" for n in signature.output_names}
+    extra = sorted(set(arrays) - set(signature.input_names) - label_keys)
     if extra:
         raise InputError(f"{role} data {path.name} has arrays {extra} that are not model "
-                         f"inputs {signature.input_names}")
+                         f"inputs {signature.input_names} (nor labels, labels_<output>)")
     batch = signature.batch
     for spec in signature.inputs:
         _check_array(path, spec, arrays[spec.name], batch)
     counts = {len(arrays[n]) for n in signature.input_names}
     if len(counts) != 1:
         raise InputError(f"{role} data {path.name}: inputs have different sample counts")
-    labels = arrays.get(LABELS)
-    if labels is not None:
-        if labels.dtype.kind not in "iu" or labels.shape != (counts.pop(),):
-            raise InputError(f"{path.name}: 'labels' must be integer class ids, one per sample")
+    count = counts.pop()
+    labels = {}
+    for key in sorted(label_keys & set(arrays)):
+        if arrays[key].dtype.kind not in "iu" or arrays[key].shape != (count,):
+            raise InputError(f"{path.name}: {key!r} must be integer class ids, one per sample")
+        labels[key[len(LABELS) + 1:]] = arrays[key]
     inputs = {n: arrays[n] for n in signature.input_names}
-    return SampleSet(inputs, labels, path.name)
+    return SampleSet(inputs, labels or None, path.name)

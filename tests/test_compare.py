@@ -26,7 +26,8 @@ def perturbed() -> np.ndarray:
 def test_identity_is_perfect_and_snr_capped():
     m = c.compute_metrics({"y": REF}, {"y": REF.copy()})["y"]
     assert m == {"max_abs_err": 0.0, "mean_abs_err": 0.0, "cosine_min": 1.0,
-                 "cosine_mean": 1.0, "snr_db": h.SNR_CAP_DB, "top1_agreement": 1.0}
+                 "cosine_mean": 1.0, "snr_db": h.SNR_CAP_DB, "top1_agreement": 1.0,
+                 "top1_agreement_ci95": [0.342372, 1.0]}  # Wilson, 2 samples
     json.dumps(m, allow_nan=False)
 
 
@@ -46,7 +47,8 @@ def test_known_perturbation_exact_numbers():
 def test_rounding_is_six_significant_digits():
     m = c.compute_metrics({"y": REF}, {"y": perturbed()})["y"]
     for v in m.values():
-        assert v == float(f"{v:.6g}")
+        for x in v if isinstance(v, list) else [v]:  # intervals are [low, high]
+            assert x == float(f"{x:.6g}")
     assert h.rounded(-0.0) == 0.0 and math.copysign(1, h.rounded(-0.0)) == 1
     assert h.rounded(float("nan")) is None
 
@@ -117,8 +119,8 @@ def test_tolerance_directions():
     ]
     assert r.reason == "y: cosine_min 0.833379 < 0.999 (+2 more)"
     assert set(c.TOLERANCE_KEYS) == set(h.TOLERANCE_KEYS)
-    assert {k for k, d in c.TOLERANCE_KEYS.items() if d == "min"} == {
-        "cosine_min", "cosine_mean", "snr_db", "top1_agreement"}
+    assert {k for k, d in c.TOLERANCE_KEYS.items() if d == "max"} == {
+        "max_abs_err", "mean_abs_err", "task_accuracy_drop"}
 
 
 def test_worst_output_decides():
@@ -139,8 +141,12 @@ def test_inapplicable_tolerances_are_skipped_not_failed():
     feat = np.ones((2, 3, 4), np.float32)
     r = c.compare({"f": feat}, {"f": feat},
                   {"top1_agreement": 1.0, "task_accuracy_drop": 0.0, "cosine_min": 0.99})
-    assert r.passed
-    assert r.skipped == ["task_accuracy_drop", "top1_agreement"]
+    # a regression output: class metrics do not apply, and are not even listed
+    assert r.passed and r.tasks == {"f": {"task": "regression", "inferred": True}}
+    assert r.skipped == []
+    r = c.compare({"f": feat}, {"f": feat}, {"top1_agreement": 1.0, "task_accuracy_drop": 0.0},
+                  task="classification")
+    assert r.passed and r.skipped == ["task_accuracy_drop"]  # no labels
     r = c.compare({"y": REF}, {"y": REF}, {"task_accuracy_drop": 0.0})  # no labels
     assert r.passed and r.skipped == ["task_accuracy_drop"]
 
@@ -149,12 +155,14 @@ def test_nan_output_fails_its_tolerances():
     cand = REF.copy()
     cand[0, 0] = np.nan
     r = c.compare({"y": REF}, {"y": cand}, {"cosine_min": 0.5})
-    assert r.failures == ["y: cosine_min is not finite (NaN or Inf in the outputs)"]
+    assert r.failures == ["y: NaN or Inf in 1 of 2 samples (the source's outputs are finite)",
+                          "y: cosine_min is not finite (NaN or Inf in the outputs)"]
+    assert r.reason == "y: NaN or Inf in 1 of 2 samples (the source's outputs are finite) (+1 more)"
     json.dumps(r.to_dict(), allow_nan=False)
 
 
 def test_unknown_key_and_option_parsing():
-    with pytest.raises(UsageError, match="unknown tolerance cos_min; valid: cosine_mean"):
+    with pytest.raises(UsageError, match="unknown tolerance cos_min; valid: box_iou_mean, cosine"):
         c.check_tolerance_keys({"cos_min": 0.9})
     with pytest.raises(UsageError, match="unknown tolerance"):
         c.compare({"y": REF}, {"y": REF}, {"top_1": 0.9})
@@ -190,9 +198,10 @@ def test_to_dict_roundtrip_and_determinism():
     b = c.compare({"y": REF}, {"y": perturbed()}, dict(reversed(tol.items())), **kwargs).to_dict()
     assert json.dumps(a) == json.dumps(b)
     assert list(a) == ["status", "reason", "proxy", "samples", "tolerances", "metrics",
-                       "failures", "skipped"]
+                       "failures", "skipped", "tasks", "notes"]
     assert list(a["tolerances"]) == sorted(tol)
-    assert list(a["metrics"]["y"]) == [k for k in h.METRIC_ORDER if k in a["metrics"]["y"]]
+    order = [k for k in a["metrics"]["y"] if not k.endswith("_ci95")]
+    assert order == [k for k in h.METRIC_ORDER if k in a["metrics"]["y"]]
     assert a["status"] == "passed" and a["samples"] == 2
     back = c.ValidationResult.from_dict(json.loads(json.dumps(a)))
     assert back.to_dict() == a

@@ -155,7 +155,7 @@ def test_bench_on_linux_exits_2_in_one_line(digits_coreml):
 
     out, _ = digits_coreml
     bundle = _bundle(out, "int8")
-    for name in ("bench.py", "edgepack_harness.py", "edgepack_metrics.py"):  # old macOS Pythons
+    for name in ("bench.py", "edgepack_harness.py", "edgepack_metrics.py", "edgepack_tasks.py"):
         ast.parse((bundle / name).read_text(), feature_version=(3, 8))
     for args in ([], ["--compute-units", "cpu-ne", "--runs", "5"]):
         proc = subprocess.run([sys.executable, "bench.py", *args], cwd=bundle,

@@ -73,7 +73,7 @@ def make_bundle(root: Path, build_model, sample_shape, samples: int = 16, batch:
     (root / "reference").mkdir()
     np.savez(root / "reference" / "inputs.npz", x=x)
     np.savez(root / "reference" / "outputs.npz", **{out: y})
-    for lib in ("edgepack_harness.py", "edgepack_metrics.py"):
+    for lib in ("edgepack_harness.py", "edgepack_metrics.py", "edgepack_tasks.py"):
         shutil.copy(HARNESS_DIR / lib, root / lib)
     shutil.copy(HARNESS_DIR / "bench_onnxruntime.py", root / "bench.py")
     manifest = {

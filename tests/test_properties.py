@@ -429,8 +429,8 @@ def test_npz_loading(tmp_path: Path, no_unpickling: None,
     assert len(got) > 0 and len(got) % sig.batch == 0
     if got.dtype.kind in "fc":
         assert np.isfinite(got).all()
-    if samples.labels is not None:
-        assert samples.labels.dtype.kind in "iu" and samples.labels.shape == (len(got),)
+    for labels in (samples.labels or {}).values():
+        assert labels.dtype.kind in "iu" and labels.shape == (len(got),)
 
 
 MEMBERS = st.lists(st.tuples(st.sampled_from(["input.npy", "input", "labels.npy", "../up.npy"]),

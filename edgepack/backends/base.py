@@ -61,7 +61,7 @@ class Job:
     calib: SampleSet | None = None
     calib_reference: Arrays | None = None
     int8: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None
+    task: str | dict[str, str] | None = None  # one task, or {output: task}
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the jobs of one build
     progress: Callable[[str], None] = lambda _msg: None
 

@@ -71,7 +71,7 @@ class OnnxBackend(Backend):
             )
             if "percentile" in settings:
                 opts = replace(opts, percentile=float(settings["percentile"]))
-            target = search_tolerances(job.tolerances)
+            target = search_tolerances(job.tolerances, job.calib.count)
             quantization = quantize_static_int8(
                 base, out, job.calib.inputs, job.source.signature.batch,
                 calibration_judge(job.calib_reference, target, job.task), opts,

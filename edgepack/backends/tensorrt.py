@@ -327,7 +327,8 @@ def _quantize(job: Job, base: Path, out: Path, s: Settings) -> dict[str, Any]:
         shutil.copyfile(cached, out)
         return json.loads(json.dumps(record))
     batch = job.source.signature.batch
-    target = search_tolerances(job.tolerances)  # aim past the tolerance, as the onnx target
+    # aim past the tolerance, as the onnx target
+    target = search_tolerances(job.tolerances, job.calib.count)
     accept = calibration_judge(job.calib_reference, target, job.task)
     with tempfile.TemporaryDirectory(prefix="edgepack-trt-int8-") as tmp:
         raw = Path(tmp) / "qdq.onnx"

@@ -141,7 +141,8 @@ def _search_settings(job: Job, output_names: list[str]) -> dict[str, Any]:
 
     settings = job.int8_settings
     budget = Budget.from_settings(settings)
-    return {"output_names": output_names, "tolerances": search_tolerances(job.tolerances),
+    samples = job.calib.count if job.calib is not None else 0
+    return {"output_names": output_names, "tolerances": search_tolerances(job.tolerances, samples),
             "task": job.task, "budget": budget, "progress": job.progress}
 
 
@@ -243,7 +244,8 @@ def _calibration_evaluator(job: Job, ins: list[Mapped], outs: list[Mapped], coun
     from edgepack.runners.base import run_samples
     from edgepack.runners.litert import LayoutMappedRunner, LiteRTRunner
 
-    judge = calibration_judge(job.calib_reference, search_tolerances(job.tolerances), job.task)
+    judge = calibration_judge(job.calib_reference, search_tolerances(job.tolerances, count),
+                              job.task)
     samples = {k: v[:count] for k, v in job.calib.inputs.items()}  # type: ignore[union-attr]
     perms_in = {m.spec.name: m.perm for m in ins if m.perm}
     perms_out = {m.spec.name: m.perm for m in outs if m.perm}

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.backends import get_backend
 from edgepack.builder.summary import BundleResult, artifact_bytes
 from edgepack.builder.worker import JobOutcome, JobSpec
 from edgepack.bundle.writer import write_bundle
-from edgepack.compare import ValidationResult, compare, deferred
+from edgepack.compare import (
+    ValidationResult,
+    compare,
+    deferred,
+    first_failure,
+    sample_size_notes,
+)
 from edgepack.config import BuildConfig
 from edgepack.data import SampleSet
 from edgepack.errors import Status
@@ -31,10 +37,19 @@ class Context:
     eval_ref: Arrays
     golden: tuple[Arrays, Arrays]
     say: Progress = lambda _m: None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # output -> task, inferred
 
 
 def judge(ctx: Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:
     """The artifact's outputs against the source model's, under the bundle's tolerances."""
+    result = _judge(ctx, spec, outcome)
+    result.tasks = result.tasks or dict(ctx.tasks)
+    result.notes = sample_size_notes(spec.tolerances, ctx.evals.count, result.tasks,
+                                     bool(ctx.evals.labels))
+    return result
+
+
+def _judge(ctx: Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:
     tol = spec.tolerances
     if outcome.artifact is None:
         return ValidationResult(status=Status.FAILED, metrics={}, tolerances=tol, samples=0,
@@ -45,12 +60,16 @@ def judge(ctx: Context, spec: JobSpec, outcome: JobOutcome) -> ValidationResult:
     if outcome.deferred is not None and outcome.candidate is None:
         return deferred(outcome.deferred, tol)
     result = compare(ctx.eval_ref, outcome.candidate, tol, labels=ctx.evals.labels,
-                     task=ctx.cfg.task)
+                     task=ctx.cfg.task, labels_for=ctx.cfg.labels_for)
+    if outcome.nonfinite_at:  # name the node on the line that reports the NaN
+        result.failures = [f"{f}; first produced by {outcome.nonfinite_at}"
+                           if "NaN or Inf in" in f else f for f in result.failures]
+        result.reason = first_failure(result.failures)
     if outcome.deferred is not None:
         proxy = f"proxy metrics from {outcome.proxy_name}"
         if result.passed:
             return deferred(f"{outcome.deferred}; {proxy}", tol, metrics=result.metrics,
-                            samples=result.samples)
+                            samples=result.samples, tasks=result.tasks)
         result.proxy = True
         result.reason = f"{proxy} miss the tolerance: {result.reason}"
     return result

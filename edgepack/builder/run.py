@@ -16,7 +16,7 @@ from edgepack.builder.judge import Context, finish, judge
 from edgepack.builder.summary import BuildSummary, write_summary
 from edgepack.builder.worker import JobOutcome, JobSpec, Worker, execute, in_process
 from edgepack.bundle import folder as bd
-from edgepack.compare import check_tolerance_keys
+from edgepack.compare import check_tolerance_keys, output_tasks, sample_size_notes
 from edgepack.config import BuildConfig
 from edgepack.errors import EdgepackError, InputError, one_line
 from edgepack.profiles import Profile, resolve_targets
@@ -53,6 +53,17 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
     except Exception as e:
         raise InputError(f"the source model failed on the sample inputs: {one_line(e)}") \
             from None
+    # what each output is (given or inferred): bad tasks and unbindable labels are usage
+    # errors here, before any conversion
+    tasks = output_tasks(eval_ref, cfg.task, evals.labels, cfg.labels_for)
+    say("outputs: " + ", ".join(f"{n} {t['task']}" + (" (inferred)" if t["inferred"] else "")
+                                for n, t in tasks.items()))
+    notes = sorted({note for profile, precision in plan
+                    for p in pl.candidates(profile, precision)
+                    for note in sample_size_notes(pl.tolerances(cfg, profile, p),
+                                                  evals.count, tasks, bool(evals.labels))})
+    for note in notes:
+        say(f"note: {note}")
     golden = pl.golden(cfg, evals, eval_ref, sig.batch)
     work_root = bd.staging(cfg.out, "work")
     worker = None if in_process() else Worker(work_root)
@@ -74,7 +85,7 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
             return spec, execute(spec, *local, report)
         return spec, worker.run(spec, cfg.timeout, report)
 
-    ctx = Context(cfg, source, evals, eval_ref, golden, say)
+    ctx = Context(cfg, source, evals, eval_ref, golden, say, tasks)
     results = []
     try:
         for profile, precision in plan:
@@ -92,7 +103,7 @@ def build(cfg: BuildConfig, progress: Progress | None = None) -> BuildSummary:
             worker.stop()
         shutil.rmtree(work_root, ignore_errors=True)
         bd.finish_out(cfg.out)
-    summary = BuildSummary(model=model_name, bundles=results, out=cfg.out)
+    summary = BuildSummary(model=model_name, bundles=results, out=cfg.out, notes=notes)
     write_summary(summary)
     return summary
 

@@ -44,6 +44,7 @@ class BuildSummary:
     model: str
     bundles: list[BundleResult]
     out: Path
+    notes: list[str] = field(default_factory=list)  # what the user should know (sample size)
 
     @property
     def exit_code(self) -> int:
@@ -55,7 +56,7 @@ class BuildSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": 1, "model": self.model, "exit_code": self.exit_code,
-                "bundles": [b.to_dict() for b in self.bundles]}
+                "bundles": [b.to_dict() for b in self.bundles], "notes": list(self.notes)}
 
 
 def artifact_bytes(bundle: Path) -> list[int]:

@@ -43,7 +43,7 @@ class JobSpec:
     cache_root: Path
     tolerances: dict[str, float]
     int8: dict[str, Any]
-    task: str | None
+    task: str | dict[str, str] | None
     eval_inputs: Arrays
     calib_inputs: Arrays | None = None
     calib_reference: Arrays | None = None
@@ -58,6 +58,7 @@ class JobOutcome:
     proxy_name: str = ""
     conversion_error: str | None = None
     run_error: str | None = None
+    nonfinite_at: str | None = None  # the first ONNX node whose output is NaN/Inf
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
@@ -112,8 +113,34 @@ def execute(spec: JobSpec, sources: dict, cache: dict, progress: Callable[[str],
                 outcome.run_error = f"the proxy failed to run: {one_line(e)}"
     except Exception as e:
         outcome.run_error = f"the artifact failed to run: {one_line(e)}"
+    if outcome.candidate is not None:
+        outcome.nonfinite_at = _nonfinite_origin(outcome.artifact, outcome.candidate,
+                                                 spec.eval_inputs, batch)
     outcome.steps["validate"] = round(time.monotonic() - started, 2)
     return outcome
+
+
+def _nonfinite_origin(artifact: Artifact, candidate: Arrays, inputs: Arrays,
+                      batch: int) -> str | None:
+    """For an ONNX artifact whose outputs hold NaN/Inf: the first node producing them, on
+    the first batch that has them (other formats: None)."""
+    import numpy as np
+
+    if artifact.main.suffix != ".onnx":
+        return None
+    bad = np.zeros(len(next(iter(inputs.values()))), dtype=bool)
+    for value in candidate.values():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and value.ndim:
+            bad |= ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+    if not bad.any():
+        return None
+    from edgepack.runners.onnxruntime import first_nonfinite_node
+
+    start = int(np.argmax(bad)) // batch * batch
+    feeds = {k: v[start:start + batch] for k, v in inputs.items()}
+    disabled = artifact.runtime_options.get("disabled_optimizers", ())
+    return first_nonfinite_node(artifact.main, feeds, disabled)
 
 
 def _die_with_parent() -> None:

@@ -21,7 +21,7 @@ from edgepack.errors import InputError, UsageError
 
 HARNESS_DIR = Path(__file__).resolve().parent.parent / "harness"
 #: Harness library files every bundle carries beside its bench.py.
-HARNESS_LIBS = ("edgepack_harness.py", "edgepack_metrics.py")
+HARNESS_LIBS = ("edgepack_harness.py", "edgepack_metrics.py", "edgepack_tasks.py")
 
 
 def prepare_out(out: Path) -> None:

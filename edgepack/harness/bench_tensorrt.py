@@ -188,7 +188,8 @@ def bench(bundle: str, args: argparse.Namespace) -> dict:
         except Exception as e:
             raise HarnessError(
                 f"the engine failed on the golden inputs: {harness.one_line(e)}") from e
-        golden = metrics.evaluate(reference, candidate, gold_tol)
+        golden = metrics.evaluate(reference, candidate, gold_tol,
+                                  task=harness.golden_tasks(manifest))
         golden["samples"] = len(next(iter(inputs.values())))
 
         compute = None

@@ -130,6 +130,12 @@ def load_manifest(bundle_dir: str) -> dict:
     return manifest
 
 
+def golden_tasks(manifest: dict) -> dict:
+    """{output: task} as the build judged them (metrics follow the task)."""
+    tasks = (manifest.get("validation") or {}).get("tasks") or {}
+    return {name: t["task"] for name, t in tasks.items()}
+
+
 def load_npz(path: str) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -232,7 +238,7 @@ def bench(open_runtime, bundle_dir: str, args: argparse.Namespace) -> dict:
         raise
     except Exception as e:
         raise HarnessError(f"the model failed to run on the golden inputs: {one_line(e)}") from e
-    golden = evaluate(reference, candidate, gold_tol)
+    golden = evaluate(reference, candidate, gold_tol, task=golden_tasks(manifest))
     golden["samples"] = len(next(iter(inputs.values())))
 
     # Timing feeds: golden sample 0 (one batch), contiguous, made once before the loop.

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgepack.compare import TOLERANCE_KEYS, compare
+from edgepack.compare import TOLERANCE_KEYS, TaskSpec, compare
+from edgepack.harness.edgepack_metrics import PROPORTIONS
 from edgepack.runners.base import Arrays
 
 # Scores on the calibration set overestimate held-out ones (the search tunes on
@@ -14,20 +15,27 @@ from edgepack.runners.base import Arrays
 HEADROOM = 0.5
 
 
-def search_tolerances(tolerances: dict[str, float]) -> dict[str, float]:
-    """The stricter tolerances the int8 search must meet on calibration data."""
+def search_tolerances(tolerances: dict[str, float], samples: int = 0) -> dict[str, float]:
+    """The stricter tolerances the int8 search must meet on calibration data.
+
+    A proportion (agreement rate) on ``samples`` calibration samples moves in steps of
+    1/samples: its target is also at least one step past the bound, so a pass is never
+    decided by a single sample.
+    """
     out = {}
     for key, value in tolerances.items():
         if TOLERANCE_KEYS[key] == "max":
             out[key] = value * (1 - HEADROOM)
         elif 0.0 <= value <= 1.0:
             out[key] = value + (1.0 - value) * HEADROOM
+            if key in PROPORTIONS and samples > 0:
+                out[key] = min(1.0, max(out[key], value + 1.0 / samples))
         else:
             out[key] = value
     return {k: round(v, 6) for k, v in out.items()}
 
 
-def calibration_judge(reference: Arrays, tolerances: dict[str, float], task: str | None = None
+def calibration_judge(reference: Arrays, tolerances: dict[str, float], task: TaskSpec = None
                       ) -> Callable[[Arrays], tuple[bool, float]]:
     """accept(candidate outputs on calib) -> (meets tolerances, score): calibration data only.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepack.report.build_table import human_bytes, worst
+from edgepack.report.build_table import agreement, human_bytes, worst
 
-__all__ = ["accuracy", "human_bytes", "ms", "number", "worst"]
+__all__ = ["accuracy", "agreement", "human_bytes", "ms", "number", "worst"]
 
 
 def accuracy(metrics: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:

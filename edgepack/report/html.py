@@ -7,7 +7,7 @@ from html import escape
 
 from edgepack.errors import Status
 from edgepack.report import svg
-from edgepack.report.cells import accuracy, human_bytes, ms, number, worst
+from edgepack.report.cells import accuracy, agreement, human_bytes, ms, number, worst
 from edgepack.report.collect import PERCENTILES, Report, Row, Run
 
 CSS = """
@@ -128,9 +128,9 @@ def _reason(text: str | None) -> str:
 
 
 def _table(report: Report) -> str:
-    head = ("target", "precision", "status", "size", "task acc (source)", "top-1", "cos min",
+    head = ("target", "precision", "status", "size", "task acc (source)", "agree", "cos min",
             "build s", "host p50 ms", "device p50 ms")
-    numeric = {"size", "task acc (source)", "top-1", "cos min", "build s", "host p50 ms",
+    numeric = {"size", "task acc (source)", "agree", "cos min", "build s", "host p50 ms",
                "device p50 ms"}
     rows = []
     for row in report.rows:
@@ -141,7 +141,7 @@ def _table(report: Report) -> str:
         host = ms(row.host.latency_ms.get("p50")) if row.host else \
             f'<span class="reason" title="{escape(row.host_note or "")}">-</span>'
         cells = [escape(r.target), escape(r.precision), _badge(r.status),
-                 human_bytes(r.bytes), acc_text, number(worst(m, "top1_agreement"), ".3f"),
+                 human_bytes(r.bytes), acc_text, number(agreement(m), ".3f"),
                  number(worst(m, "cosine_min"), ".4f"), number(r.seconds, ".1f"), host,
                  _device_p50(row)]
         rows.append("<tr>" + "".join(
@@ -155,8 +155,9 @@ def _table(report: Report) -> str:
     header = "".join(f'<th class="num">{h}</th>' if h in numeric else f"<th>{h}</th>"
                      for h in head)
     return (f'<section id="bundles"><h2>Bundles</h2><p class="caption">Accuracy against the '
-            "evaluation labels (the source model's in brackets); top-1 and cosine against the "
-            "source model's own outputs, worst output.</p>"
+            "evaluation labels (the source model's in brackets); agreement (each output's "
+            "task: top-1, whole sequences, nearest neighbours, detections, masks) and cosine "
+            "against the source model's own outputs, worst output.</p>"
             f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             "</section>")
 

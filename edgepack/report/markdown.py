@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from edgepack.errors import Status
-from edgepack.report.cells import accuracy, human_bytes, number, worst
+from edgepack.report.cells import accuracy, agreement, human_bytes, number, worst
 from edgepack.report.gate import Record, Verdict
 
 ICON = {Status.PASSED: "✅", Status.DEFERRED: "⏸️", Status.FAILED: "❌"}
@@ -35,7 +35,7 @@ def summary_markdown(verdicts: Sequence[Verdict], baseline: str | None = None) -
     title = ", ".join(f"{n} {s}" for s, n in count.items() if n) or "no bundles"
     against = f" against `{baseline}`" if baseline else ""
     lines = [f"### edgepack validate{against}: {title}", "",
-             "| bundle | status | size | task acc | top-1 | cos min |",
+             "| bundle | status | size | task acc | agree | cos min |",
              "|---|---|---:|---:|---:|---:|"]
     for v in verdicts:
         status = f"{ICON[v.status]} {v.status}"
@@ -45,7 +45,7 @@ def summary_markdown(verdicts: Sequence[Verdict], baseline: str | None = None) -
             v.name, status,
             _pair(v, lambda r: human_bytes(r.bytes)),
             _pair(v, _acc),
-            _pair(v, lambda r: number(worst(r.metrics, "top1_agreement"), ".3f")),
+            _pair(v, lambda r: number(agreement(r.metrics), ".3f")),
             _pair(v, lambda r: number(worst(r.metrics, "cosine_min"), ".4f")),
         )) + " |")
     failing = [line for v in verdicts for line in v.lines if v.status == Status.FAILED]

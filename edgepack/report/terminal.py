@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 
 from edgepack.report.build_table import STATUS_STYLE
-from edgepack.report.cells import accuracy, human_bytes, ms, number, worst
+from edgepack.report.cells import accuracy, agreement, human_bytes, ms, number, worst
 from edgepack.report.collect import Report
 
 
@@ -17,7 +17,7 @@ def report_table(report: Report) -> Table:
     table = Table(title=f"edgepack report: {report.model}", box=box.SIMPLE_HEAD)
     for col, right, show in (("target", False, True), ("precision", False, True),
                              ("size", True, True), ("status", False, True),
-                             ("acc (src)", True, True), ("top1", True, True),
+                             ("acc (src)", True, True), ("agree", True, True),
                              ("cos min", True, True), ("build s", True, seconds),
                              ("host p50 ms", True, True), ("device p50 ms", True, devices)):
         if show:
@@ -29,7 +29,7 @@ def report_table(report: Report) -> Table:
             r.target, r.precision, human_bytes(r.bytes),
             f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
             "-" if acc is None else f"{acc:.1f} ({number(ref, '.1f')})",
-            number(worst(m, "top1_agreement"), ".3f"), number(worst(m, "cosine_min"), ".4f"),
+            number(agreement(m), ".3f"), number(worst(m, "cosine_min"), ".4f"),
         ]
         if seconds:
             cells.append(number(r.seconds, ".1f"))

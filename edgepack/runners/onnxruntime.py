@@ -98,3 +98,44 @@ def _short(e: BaseException) -> str:
     # ORT messages look like "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model ... failed:..."
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 240 else text[:237] + "..."
+
+
+def first_nonfinite_node(path: str | Path, feeds: Arrays,
+                         disabled_optimizers: Sequence[str] = ()) -> str | None:
+    """'node NAME (OpType)': the first node, in graph order, whose output holds NaN or Inf
+    on ``feeds``; None when none does (or the graph cannot be cut at every node).
+
+    Every node output becomes a graph output of an unoptimized session, so the values
+    are the graph's own, node by node (what Polygraphy's "mark all" does).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        typed = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+        present = {o.name for o in model.graph.output}
+        for node in model.graph.node:
+            for out in node.output:
+                if out and out not in present:
+                    model.graph.output.append(typed.get(out)
+                                              or onnx.helper.make_empty_tensor_value_info(out))
+                    present.add(out)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        kwargs = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers \
+            else {}
+        session = ort.InferenceSession(model.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"], **kwargs)
+        names = [o.name for o in session.get_outputs()]
+        values = dict(zip(names, session.run(names, feeds), strict=True))
+    except Exception:  # a graph that cannot be cut here: no node named, nothing else lost
+        return None
+    for node in model.graph.node:
+        for out in node.output:
+            value = values.get(out)
+            if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) \
+                    and not np.isfinite(value).all():
+                return f"node {node.name or out} ({node.op_type})"
+    return None
