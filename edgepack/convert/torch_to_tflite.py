@@ -47,11 +47,23 @@ def channel_last_module(model: Any, inputs: Sequence[int], outputs: Sequence[int
     if isinstance(model, torch.jit.ScriptModule):
         raise ConversionError("litert-torch cannot convert TorchScript modules")
     if not inputs and not outputs:
-        return model.eval() if hasattr(model, "eval") else model
+        return _eval(model)
     with quiet():
         wrapped = litert_torch.to_channel_last_io(model, args=list(inputs),
                                                   outputs=list(outputs))
-    return wrapped.eval()
+    return _eval(wrapped)
+
+
+def _eval(module: Any) -> Any:
+    """``module`` in eval mode. A torch.export program's module (a .pt2 source) is
+    already traced in eval mode and refuses train()/eval() ("Calling train() is not
+    supported yet"): it, or a wrapper around it, is returned as it is."""
+    if not hasattr(module, "eval"):
+        return module
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
 
 
 def example_args(inputs: Sequence[TensorSpec]) -> tuple:

@@ -134,10 +134,10 @@ def _simulate(prepared: Any, candidates: Sequence[str]) -> tuple[dict[str, Any],
 CHUNK = 40  # samples per simulated batch: memory stays flat on large calibration sets
 
 
-def _chunks(feeds: Sequence[dict[str, np.ndarray]], inputs: Sequence[TensorSpec]
-            ) -> list[tuple]:
+def _chunks(feeds: Sequence[dict[str, np.ndarray]], inputs: Sequence[TensorSpec],
+            chunk: int = CHUNK) -> list[tuple]:
     """Calibration feeds as equal batches (the export is static; a remainder is dropped)."""
-    size = min(len(feeds), CHUNK)
+    size = min(len(feeds), chunk)
     return [_stack(feeds[i:i + size], inputs)
             for i in range(0, len(feeds) - len(feeds) % size, size)]
 
@@ -178,8 +178,14 @@ def search_pt2e(model: Any, inputs: Sequence[TensorSpec], output_names: Sequence
     try:
         graph = torch.export.export(model, batches[0]).module()
     except Exception as e:  # noqa: BLE001 - export raises many kinds
-        raise ConversionError(f"the int8 search exports the model at batch "
-                              f"{len(batches[0][0])}, and that failed: {e}") from e
+        # a program fixed to its own batch (a .pt2 source): one feed per simulated batch
+        try:
+            single = _chunks(calib, inputs, chunk=1)
+            graph = torch.export.export(model, single[0]).module()
+            batches = single
+        except Exception:  # noqa: BLE001
+            raise ConversionError(f"the int8 search exports the model at batch "
+                                  f"{len(batches[0][0])}, and that failed: {e}") from e
 
     def run(module: Any, chunks: list[tuple] = batches) -> dict[str, np.ndarray]:
         outs = [_outputs(module(*b)) for b in chunks]
