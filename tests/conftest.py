@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled digits model built once per session."""
+"""Shared fixtures (the bundled digits model built once per session) and the CI rule
+on skips: under CI=true a skip whose reason is not on SKIPS_ALLOWED fails the run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,65 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "sample_models" / "digits"
 EDGEPACK = [sys.executable, "-m", "edgepack.cli"]
+
+# Skips CI accepts (reason substrings). Anything else skipped under CI=true, above all
+# an importorskip of a backend the [dev] extra installs, fails the run: a backend that
+# did not install on a fresh machine is what CI exists to catch. Keep this list tiny.
+SKIPS_ALLOWED = {
+    # test_bad_inputs.py, read-only --out: CI containers run as root, who can write
+    # anywhere, so the unwritable folder cannot be made there.
+    "root writes anywhere": "CI runs as root",
+}
+_skips: list[tuple[str, str]] = []  # (node id, reason) of every skip this session
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _allowed(reason: str) -> bool:
+    return any(key in reason for key in SKIPS_ALLOWED)
+
+
+def pytest_collectreport(report) -> None:
+    if report.skipped:  # a module-level importorskip / skip
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):  # an xfail is not a skip
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def _unlisted() -> list[tuple[str, str]]:
+    return [(node, reason) for node, reason in _skips if not _allowed(reason)]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _on_ci() and _unlisted() and exitstatus in (0, 5):
+        session.exitstatus = 1
+
+
+@pytest.hookimpl(trylast=True)  # after the durations, before the final count
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _skips:
+        return
+    unlisted = _unlisted()
+    tr = terminalreporter
+    tr.section("skips")
+    tr.line(f"{len(_skips)} skipped: {len(_skips) - len(unlisted)} on the allow-list "
+            f"(tests/conftest.py SKIPS_ALLOWED), {len(unlisted)} not")
+    for node, reason in _skips:
+        tr.line(f"  {'allowed ' if _allowed(reason) else 'UNLISTED'} {node}: {reason}")
+    if unlisted and _on_ci():
+        tr.line(f"FAILED: CI=true and {len(unlisted)} skip(s) not on the allow-list: "
+                + "; ".join(reason for _, reason in unlisted), red=True)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

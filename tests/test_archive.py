@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,20 +55,44 @@ def _tar(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
 
 
 @pytest.mark.parametrize("make, why", [
-    (lambda: tarfile.TarInfo("../evil"), "'..' component"),
-    (lambda: tarfile.TarInfo("/tmp/evil"), "absolute path"),
-    (lambda: _link("b/link", "../../etc/passwd", tarfile.SYMTYPE), "link pointing outside"),
-    (lambda: _link("b/hard", "/etc/passwd", tarfile.LNKTYPE), "link pointing outside"),
-    (lambda: _dev("b/dev"), "device file"),
+    (lambda root: tarfile.TarInfo("../evil"), "'..' component"),
+    (lambda root: tarfile.TarInfo(f"{root}/evil"), "absolute path"),
+    (lambda root: _link("b/link", "../../evil", tarfile.SYMTYPE), "link pointing outside"),
+    (lambda root: _link("b/hard", f"{root}/evil", tarfile.LNKTYPE), "link pointing outside"),
+    (lambda root: _dev("b/dev"), "device file"),
 ])
-def test_hostile_archives_are_refused(tmp_path, make, why):
-    member = make()
+def test_hostile_archives_are_refused(tmp_path, monkeypatch, make, why):
+    """Refused before anything is extracted: verify extracts into a temporary folder
+    under ROOT (tempfile's dir, pointed here), where '../evil' and the links would land."""
+    root = tmp_path / "tmproot"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    extracted = []
+    real_extractall = tarfile.TarFile.extractall
+
+    def spy(self, *args, **kwargs):
+        extracted.append(args or kwargs)
+        return real_extractall(self, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", spy)
+    member = make(root)
     if member.isfile():
         member.size = 1
     path = _tar(tmp_path, member)
     with pytest.raises(InputError, match=why):
         archive.verify(path)
-    assert not (tmp_path.parent / "evil").exists()
+    assert extracted == []
+    assert list(root.iterdir()) == []  # no evil, and the temporary folder is gone
+    # the same spy sees a benign archive extracted into ROOT, and ROOT cleaned after
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.txt").write_text("a")
+    benign = tmp_path / "ok.tar.gz"
+    with tarfile.open(benign, "w:gz") as tar:
+        tar.add(tmp_path / "ok", arcname="ok")
+    with pytest.raises(InputError, match="holds no bundles"):  # extracted, then looked at
+        archive.verify(benign)
+    assert len(extracted) == 1 and extracted[0][0].startswith(str(root / "edgepack-verify-"))
+    assert list(root.iterdir()) == []
 
 
 def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:

@@ -107,10 +107,24 @@ def test_missing_bundles_fail_and_junit_counts_them(builds, digits_dist, tmp_pat
                       "digits-onnx-cpu-int8"]
 
 
-def test_summary_json_alone_is_a_baseline(builds):
-    proc = run_cli("validate", builds["baseline"], "--baseline",
-                   builds["baseline"] / "summary.json")
-    assert proc.returncode == 0, proc.stderr
+def test_summary_json_alone_is_a_baseline(builds, tmp_path):
+    """A baseline kept as its summary.json only (no bundle folders beside it) still
+    gates: the degraded build fails against it with the same line as against the
+    whole dist, and the same build passes."""
+    only = tmp_path / "kept" / "summary.json"
+    only.parent.mkdir()
+    shutil.copyfile(builds["baseline"] / "summary.json", only)
+    old = _accuracy(builds["baseline"] / "digits-onnx-cpu-fp32")
+    new = _accuracy(builds["degraded"] / "digits-onnx-cpu-fp32")
+    proc = run_cli("validate", builds["degraded"], "--baseline", only)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"digits-onnx-cpu-fp32: task_accuracy (logits) {old:.6g} -> {new:.6g}, dropped "
+        f"{old - new:.4g} points > max 0.5"]
+    assert proc.stdout.splitlines() == ["FAILED   digits-onnx-cpu-fp32"]
+    proc = run_cli("validate", builds["baseline"], "--baseline", only)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ""
 
 
 def test_size_growth_fails_and_can_be_switched_off(builds, tmp_path):

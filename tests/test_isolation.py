@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from conftest import DIGITS, ROOT, run_cli
 
+from edgepack.bundle import folder as bundle
 from edgepack.bundle import manifest as mf
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -87,23 +88,30 @@ def test_sigkill_mid_build_leaves_no_half_bundle_and_rerun_passes(tmp_path):
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     partial = tmp_path / ".dist.partial"
-    deadline = time.monotonic() + 120
-    # kill once the first bundle is being assembled or has landed
+    deadline = time.monotonic() + 300
+    # kill as soon as the first of the four bundles has landed: the build is then
+    # surely mid-way (three bundles to go, summary.json not written)
     while time.monotonic() < deadline and proc.poll() is None:
-        staged = [p for p in partial.glob("*") if not p.name.startswith("work")] \
-            if partial.exists() else []
-        if staged or (out.exists() and any(p.is_dir() for p in out.iterdir())):
+        if out.exists() and any(p.is_dir() for p in out.iterdir()):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the build ended (exit {proc.returncode}) before the kill"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    if out.exists():
-        for folder in (p for p in out.iterdir() if p.is_dir()):
-            mf.read(folder)  # every folder in OUT is a complete bundle
+    assert proc.returncode == -signal.SIGKILL  # died by the signal, not by finishing
+    landed = sorted(p.name for p in out.iterdir())
+    assert "summary.json" not in landed  # the build was really interrupted
+    assert 1 <= len(landed) < 4, landed
+    assert partial.is_dir()  # its staging folder was left behind by the kill...
+    for name in landed:  # ...and every folder in OUT is a complete, intact bundle
+        assert (out / name).is_dir() and not name.startswith(".")
+        assert bundle.verify(out / name) == [], name
+        assert mf.read(out / name)["validation"]["status"] == "passed"
     rerun = run_cli("build", DIGITS / "edgepack.yaml", "--target", "onnx", "--precision", "all",
                     "--out", out, "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
         "digits-onnx-cpu-fp16", "digits-onnx-cpu-fp32", "digits-onnx-cpu-int8",
         "digits-onnx-cpu-int8-dynamic"]
-    assert not partial.exists()
+    assert (out / "summary.json").is_file()
+    assert not partial.exists()  # the rerun cleared the killed build's staging

@@ -272,7 +272,7 @@ def test_harness_without_tensorrt_exits_2_in_one_line(jetson_dist):
     out, _ = jetson_dist
     bundle = _bundle(out, "int8")
     py_compile.compile(str(bundle / "bench.py"), doraise=True)
-    for name in ("bench.py", "edgepack_harness.py", "edgepack_metrics.py",
+    for name in ("bench.py", "edgepack_harness.py", "edgepack_metrics.py", "edgepack_tasks.py",
                  "tensorrt_engine.py"):  # JetPack 5 ships Python 3.8
         ast.parse((bundle / name).read_text(), feature_version=(3, 8))
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
@@ -421,8 +421,9 @@ def test_bad_option_on_the_command_line(tmp_path):
     profile = _profile(tmp_path, "jetson-bad", options={"tensorrt_version": "10"})
     proc = run_cli("build", _dynamic_cnn(tmp_path / "cnn.onnx"), "--target", profile,
                    "--precision", "fp16", "--out", tmp_path / "o")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # usage error
     assert "unknown keys ['tensorrt_version']" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
 
 
 def test_dla_core_goes_to_trtexec(tmp_path):

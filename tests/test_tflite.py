@@ -70,13 +70,18 @@ def test_torch_route_every_precision_passes(torch_dist):
     assert logits["reference_task_accuracy"] > 97.0
     assert logits["reference_task_accuracy"] - logits["task_accuracy"] <= 1.5
     assert by["fp32"]["metrics"]["logits"]["cosine_min"] >= 0.9999
-    assert by["int8"]["bytes"] < by["fp32"]["bytes"] / 2.5
-    assert by["fp16"]["bytes"] < by["fp32"]["bytes"] * 0.6
+    # physical bounds: bytes per parameter plus at most 8 KiB for the graph, per-channel
+    # scales and zero points and int32 biases (measured on digits: 2.2-4.2 KB)
+    params = mf.read(out / "digits-android-arm64-fp32")["source"]["parameters"]
+    assert by["fp32"]["bytes"] >= 4 * params * 0.99  # every weight there (BN folded)
+    assert by["int8"]["bytes"] <= 1 * params + 8 * 1024
+    assert by["fp16"]["bytes"] <= 2 * params + 8 * 1024
 
 
 def test_artifacts_are_compacted(torch_dist):
     """Internal tensor names are short at every precision; I/O names stay; the int8
-    model is >= 3.2x smaller than fp32 (2.99x before: litert-torch's trace-path names)."""
+    model is one byte per parameter plus at most 5 KiB (4.1 KB measured on digits; about
+    5.2 KB when per-channel zero points were not shared, more with long tensor names)."""
     from edgepack.convert.tflite_inspect import flatbuffer_schema
 
     out, summary = torch_dist
@@ -110,7 +115,8 @@ def test_artifacts_are_compacted(torch_dist):
                     places.add(q._tab.Vector(q._tab.Offset(10)))
                     contents.add(q.ZeroPointAsNumpy().tobytes())
             assert len(contents) >= 1 and len(places) == len(contents)
-    assert sizes["fp32"] / sizes["int8"] >= 3.3  # 3.22x before zero points were shared
+    params = mf.read(out / "digits-android-arm64-int8")["source"]["parameters"]
+    assert sizes["int8"] <= 1 * params + 5 * 1024
 
 
 def test_layout_and_golden_io_are_channel_last(torch_dist):
@@ -177,8 +183,9 @@ def _fresh_device_venv(tmp: Path) -> Path:
 def test_bundles_run_in_a_device_venv(torch_dist, tmp_path):
     out, _ = torch_dist
     python = _fresh_device_venv(tmp_path)
-    check = subprocess.run([python, "-c", "import torch"], capture_output=True)
-    assert check.returncode != 0  # nothing but numpy and the runtime
+    check = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    assert check.returncode == 1  # nothing but numpy and the runtime
+    assert "ModuleNotFoundError: No module named 'torch'" in check.stderr
     for p in ("fp32", "int8"):  # float I/O and integer I/O
         result = tmp_path / f"{p}.json"
         proc = subprocess.run([python, "bench.py", "--runs", "10", "--warmup", "1",
@@ -325,8 +332,32 @@ def test_silently_permuted_3d_input_fails_validation(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     bad = _summary(proc)["bundles"][0]
     assert bad["status"] == "failed" and "cosine_min" in bad["reason"]
-    # TODO: with keep_shape_absolutely_input_names (edgepack's default) this model still
-    # fails validation (measured): onnx2tf 1.29 permutes it inside; not solved yet.
+
+
+@needs_onnx2tf
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known bug: with keep_shape_absolutely_input_names (edgepack's default) onnx2tf 1.29 "
+    "still permutes the [1, 8, 8] NCW input inside the graph (cosine_min about -0.82), "
+    "so the fp32 bundle fails validation"))
+def test_3d_input_keeps_its_layout_on_the_default_onnx2tf_route(tmp_path):
+    model = tmp_path / "conv1d.onnx"
+    _conv1d_onnx(model)
+    profile = tmp_path / "keep.yaml"
+    text = (ROOT / "targets" / "android-arm64.yaml").read_text()
+    profile.write_text(text.replace("name: android-arm64", "name: keep-test").replace(
+        "aliases: [tflite]", "aliases: []").replace(
+        "  gpu_delegate_check: true", "  gpu_delegate_check: false"))
+    proc = run_cli("build", model, "--target", profile, "--precision", "fp32",
+                   "--out", tmp_path / "d", "--json")
+    if proc.returncode not in (0, 1):  # anything but a validation verdict is another bug
+        pytest.fail(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
+    bundle = _summary(proc)["bundles"][0]
+    if bundle["status"] == "failed" and "cosine_min" not in (bundle["reason"] or ""):
+        pytest.fail(f"failed for another reason: {bundle['reason']}")
+    # the correct behaviour: the artifact computes what the source computes
+    assert proc.returncode == 0, bundle["reason"]
+    assert bundle["status"] == "passed"
+    assert bundle["metrics"]["y"]["cosine_min"] >= 0.99999
 
 
 # ---------------------------------------------------------------- Keras / SavedModel
@@ -531,8 +562,9 @@ def test_unknown_profile_option_is_a_usage_error(tmp_path):
     (tmp_path / "bad.yaml").write_text(text)
     proc = run_cli("build", DIGITS / "edgepack.yaml", "--target", tmp_path / "bad.yaml",
                    "--precision", "fp32", "--out", tmp_path / "d")
-    assert proc.returncode in (2, 3)
-    assert "int8_io" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # a usage error, found before any conversion
+    assert proc.stderr.strip().splitlines() == [
+        "error: profile bad-opt: options.int8_io must be one of float, int8, uint8, not 'int4'"]
 
 
 def test_no_mixed_model_keeps_the_full_integer_one(tmp_path):
